@@ -1,0 +1,41 @@
+/* attention_decode.cuh: one new query per sequence against its cache, split over long contexts. */
+#ifndef GPT2_KERNELS_ATTENTION_DECODE_CUH
+#define GPT2_KERNELS_ATTENTION_DECODE_CUH
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "backend.h"
+
+/* Keys per block of the first pass; a context of len keys is cut into ceil(len / SPLIT) splits. */
+#define GPT2_ATTN_DECODE_SPLIT 128
+
+/* Floats of scratch attention_decode_cuda needs for B rows: per (row, head, split) HS partial sums,
+ * a running max and a sum. */
+size_t attention_decode_scratch_floats(int B, int NH, int HS, int maxT);
+
+/* Decode attention for B sequences, one new token each:
+ *   out    (B, C)          C = NH*HS
+ *   qkv    (B, 3C)         q of row b, head h at qkv[b*3C + h*HS]
+ *   qkv_bias (3C) or NULL  added to q here
+ *   kcache, vcache (S, NH, maxT, HS)  one layer; must already hold positions 0 .. pos[b] of slot[b]
+ *   slot, pos (B) on the device: row b is at position pos[b] and attends to keys 0 .. pos[b]
+ *   scratch  attention_decode_scratch_floats(B, NH, HS, maxT) floats, given as scratch_floats
+ * Pass 1 computes, per (row, head, split of SPLIT keys), the split's max score, exp-sum and
+ * unnormalised P V; pass 2 merges the splits. The grid covers every split that maxT allows and
+ * splits past a row's length exit at once, so the launch shape depends only on B (what a CUDA graph
+ * needs: the positions live in device memory). A row with slot outside 0..S-1 or pos outside
+ * 0..maxT-1 (padding) gets zeros. Twin: attention_forward_cpu with T = 1. HS <= 256. */
+cudaError_t attention_decode_cuda(void *out, const void *qkv, const void *qkv_bias, const void *kcache,
+                                  const void *vcache, const int *slot, const int *pos, int B, int NH, int HS,
+                                  int maxT, int S, float *scratch, size_t scratch_floats, gpt2_dtype dtype,
+                                  cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

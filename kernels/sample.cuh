@@ -1,0 +1,64 @@
+/* sample.cuh: sampling one token per logits row on the device, the same way as gpt2_sample_row. */
+#ifndef GPT2_KERNELS_SAMPLE_CUH
+#define GPT2_KERNELS_SAMPLE_CUH
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "backend.h"
+
+/* One request, as the host prepares it (plain C, copied to the device as is). */
+typedef struct {
+    float temperature;        /* > 0 unless greedy */
+    float top_p;              /* < 1: nucleus filter */
+    float repetition_penalty; /* != 1: on */
+    float frequency_penalty;
+    float presence_penalty;
+    float uniform;            /* gpt2_sample_uniform(seed, step), drawn on the host */
+    int top_k;                /* > 0 and < V: keep the top_k best */
+    int greedy;               /* temperature <= 0 or top_k == 1: argmax after penalties */
+    int row;                  /* logits row to read */
+    int hist_off;             /* history of this request: history[hist_off .. hist_off + n_hist) */
+    int n_hist;               /* prompt then generated tokens (0 when no penalty is on) */
+    int n_prompt;             /* the first n_prompt of them are the prompt */
+} gpt2_cuda_sample_params;
+
+/* Device scratch for up to `rows` requests per call; count must be all zero before the first call
+ * (each call leaves it zero again). */
+typedef struct {
+    int rows;            /* G */
+    int V;
+    float *keys_in;      /* (G, V) penalised, tempered logits */
+    float *keys_out;     /* (G, V) the same, sorted in descending order */
+    int *vals_in;        /* (G, V) token ids 0..V-1 */
+    int *vals_out;       /* (G, V) token ids in sorted order */
+    double *cum;         /* (G, V) running sums of the probabilities in sorted order */
+    int *count;          /* (G, V) token counts for the penalties */
+    int *seg;            /* (2G) segment begin offsets, then end offsets, for the sort */
+    void *sort_temp;     /* sort_bytes of sorting workspace */
+    size_t sort_bytes;
+} gpt2_cuda_sample_scratch;
+
+/* Bytes of sorting workspace for G rows of V logits (asks CUB; needs a current device). */
+cudaError_t sample_cuda_sort_bytes(int G, int V, size_t *bytes);
+
+/* out_tokens (n) on the device: one token per request i reading logits row params[i].row, n <= G.
+ *   logits (rows, V) float, left unchanged; params (n) and history on the device.
+ * Steps as gpt2_sample_row: repetition penalty over the distinct tokens of the whole history, then
+ * frequency and presence penalties over the generated part; greedy rows take the argmax (lowest id on
+ * ties); the others divide by the temperature, sort in descending order (stable: ties by lowest id),
+ * keep the top_k first, take the probabilities exp(l - max) over them, keep the shortest prefix whose
+ * mass reaches top_p, and return the token where the running sum first exceeds uniform * sum.
+ * any_sort: 0 when every request is greedy (skips the sort). */
+cudaError_t sample_cuda(int *out_tokens, const float *logits, int V, const gpt2_cuda_sample_params *params,
+                        const int *history, int n, int any_sort, const gpt2_cuda_sample_scratch *scr,
+                        cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,165 @@
+/* request.c: parsing and validating one JSONL generation request. */
+#include "request.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+void gpt2_request_spec_free(gpt2_request_spec *r) {
+    json_decref(r->id);
+    free(r->prompt);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    memset(r, 0, sizeof *r);
+}
+
+gpt2_status gpt2_sampling_check(const gpt2_sampling *s, gpt2_error *err) {
+    if (!(s->temperature >= 0.0f && s->temperature <= 1000.0f))
+        return gpt2_fail(err, GPT2_ERR_ARG, "temperature %g: must be in 0..1000 (0 = greedy)", s->temperature);
+    if (s->top_k < 0) return gpt2_fail(err, GPT2_ERR_ARG, "top_k %d: must be >= 0 (0 = off)", s->top_k);
+    if (!(s->top_p > 0.0f && s->top_p <= 1.0f))
+        return gpt2_fail(err, GPT2_ERR_ARG, "top_p %g: must be in (0, 1]", s->top_p);
+    if (!(s->repetition_penalty > 0.0f && s->repetition_penalty <= 100.0f))
+        return gpt2_fail(err, GPT2_ERR_ARG, "repetition_penalty %g: must be in (0, 100] (1 = off)",
+                         s->repetition_penalty);
+    if (!(s->frequency_penalty >= -2.0f && s->frequency_penalty <= 2.0f))
+        return gpt2_fail(err, GPT2_ERR_ARG, "frequency_penalty %g: must be in -2..2", s->frequency_penalty);
+    if (!(s->presence_penalty >= -2.0f && s->presence_penalty <= 2.0f))
+        return gpt2_fail(err, GPT2_ERR_ARG, "presence_penalty %g: must be in -2..2", s->presence_penalty);
+    return GPT2_OK;
+}
+
+gpt2_status gpt2_request_add_stop(gpt2_request_spec *r, const char *s, size_t n, gpt2_error *err) {
+    if (r->n_stop >= GPT2_MAX_STOPS)
+        return gpt2_fail(err, GPT2_ERR_ARG, "stop: at most %d stop strings", GPT2_MAX_STOPS);
+    if (n == 0 || n > GPT2_MAX_STOP_LEN || memchr(s, '\0', n))
+        return gpt2_fail(err, GPT2_ERR_ARG, "stop: each stop string must be 1..%d bytes with no NUL",
+                         GPT2_MAX_STOP_LEN);
+    char *copy = malloc(n + 1);
+    if (!copy) return gpt2_fail(err, GPT2_ERR_NOMEM, "stop: out of memory");
+    memcpy(copy, s, n);
+    copy[n] = '\0';
+    r->stop[r->n_stop++] = copy;
+    return GPT2_OK;
+}
+
+/* A JSON number (integer or real) as double; -1 when not a number. */
+static int get_number(json_t *v, double *out) {
+    if (json_is_integer(v)) *out = (double)json_integer_value(v);
+    else if (json_is_real(v)) *out = json_real_value(v);
+    else return -1;
+    return 0;
+}
+
+static gpt2_status get_int(json_t *v, const char *key, long long lo, long long hi, long long *out, gpt2_error *err) {
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return gpt2_fail(err, GPT2_ERR_ARG, "\"%s\": must be an integer in %lld..%lld", key, lo, hi);
+    *out = json_integer_value(v);
+    return GPT2_OK;
+}
+
+static gpt2_status get_float(json_t *v, const char *key, float *out, gpt2_error *err) {
+    double d;
+    if (get_number(v, &d) || !isfinite(d) || fabs(d) > 1e6)
+        return gpt2_fail(err, GPT2_ERR_ARG, "\"%s\": must be a number", key);
+    *out = (float)d;
+    return GPT2_OK;
+}
+
+gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_spec *defaults,
+                               gpt2_request_spec *out, gpt2_error *err) {
+    memset(out, 0, sizeof *out);
+    json_error_t jerr;
+    json_t *root = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) return gpt2_fail(err, GPT2_ERR_FORMAT, "invalid JSON at column %d: %s", jerr.column, jerr.text);
+    gpt2_status st = GPT2_OK;
+    gpt2_request_spec r = {0};
+    r.max_tokens = defaults->max_tokens;
+    r.sampling = defaults->sampling;
+    if (!json_is_object(root)) {
+        st = gpt2_fail(err, GPT2_ERR_FORMAT, "a request must be a JSON object");
+        goto fail;
+    }
+    const char *key;
+    json_t *v;
+    int have_stop = 0;
+    json_object_foreach(root, key, v) {
+        long long i;
+        if (!strcmp(key, "id")) {
+            if (!json_is_string(v) && !json_is_integer(v)) {
+                st = gpt2_fail(err, GPT2_ERR_ARG, "\"id\": must be a string or an integer");
+                goto fail;
+            }
+            r.id = json_incref(v);
+        } else if (!strcmp(key, "prompt")) {
+            if (!json_is_string(v) || json_string_length(v) == 0) {
+                st = gpt2_fail(err, GPT2_ERR_ARG, "\"prompt\": must be a non-empty string");
+                goto fail;
+            }
+            r.n_prompt = json_string_length(v);
+            if (!(r.prompt = malloc(r.n_prompt + 1))) goto nomem;
+            memcpy(r.prompt, json_string_value(v), r.n_prompt + 1);
+        } else if (!strcmp(key, "max_tokens")) {
+            if ((st = get_int(v, key, 0, 1 << 20, &i, err))) goto fail;
+            r.max_tokens = (int)i;
+        } else if (!strcmp(key, "top_k")) {
+            if ((st = get_int(v, key, 0, 1 << 30, &i, err))) goto fail;
+            r.sampling.top_k = (int)i;
+        } else if (!strcmp(key, "seed")) {
+            if ((st = get_int(v, key, 0, INT64_MAX, &i, err))) goto fail;
+            r.sampling.seed = (uint64_t)i;
+        } else if (!strcmp(key, "temperature")) {
+            if ((st = get_float(v, key, &r.sampling.temperature, err))) goto fail;
+        } else if (!strcmp(key, "top_p")) {
+            if ((st = get_float(v, key, &r.sampling.top_p, err))) goto fail;
+        } else if (!strcmp(key, "repetition_penalty")) {
+            if ((st = get_float(v, key, &r.sampling.repetition_penalty, err))) goto fail;
+        } else if (!strcmp(key, "frequency_penalty")) {
+            if ((st = get_float(v, key, &r.sampling.frequency_penalty, err))) goto fail;
+        } else if (!strcmp(key, "presence_penalty")) {
+            if ((st = get_float(v, key, &r.sampling.presence_penalty, err))) goto fail;
+        } else if (!strcmp(key, "stop")) {
+            have_stop = 1;
+            if (json_is_string(v)) {
+                if ((st = gpt2_request_add_stop(&r, json_string_value(v), json_string_length(v), err))) goto fail;
+            } else if (json_is_array(v)) {
+                size_t k;
+                json_t *s;
+                json_array_foreach(v, k, s) {
+                    if (!json_is_string(s)) {
+                        st = gpt2_fail(err, GPT2_ERR_ARG, "\"stop\": must be a string or an array of strings");
+                        goto fail;
+                    }
+                    if ((st = gpt2_request_add_stop(&r, json_string_value(s), json_string_length(s), err))) goto fail;
+                }
+            } else if (!json_is_null(v)) {
+                st = gpt2_fail(err, GPT2_ERR_ARG, "\"stop\": must be a string or an array of strings");
+                goto fail;
+            }
+        } else {
+            st = gpt2_fail(err, GPT2_ERR_ARG, "unknown field \"%.64s\"", key);
+            goto fail;
+        }
+    }
+    if (!r.prompt) {
+        st = gpt2_fail(err, GPT2_ERR_ARG, "\"prompt\": missing");
+        goto fail;
+    }
+    if ((st = gpt2_sampling_check(&r.sampling, err))) goto fail;
+    for (int k = 0; !have_stop && k < defaults->n_stop; k++)
+        if ((st = gpt2_request_add_stop(&r, defaults->stop[k], strlen(defaults->stop[k]), err))) goto fail;
+    json_decref(root);
+    *out = r;
+    return GPT2_OK;
+nomem:
+    st = gpt2_fail(err, GPT2_ERR_NOMEM, "out of memory");
+fail:
+    /* keep the id for the error record when it was read */
+    json_decref(root);
+    json_t *id = r.id;
+    r.id = NULL;
+    gpt2_request_spec_free(&r);
+    out->id = id;
+    return st;
+}

@@ -1,0 +1,38 @@
+/* request.h: one JSONL generation request, parsed and validated (no tokenization). */
+#ifndef GPT2_REQUEST_H
+#define GPT2_REQUEST_H
+
+#include <jansson.h>
+
+#include "gpt2.h"
+#include "sampler.h"
+
+enum { GPT2_MAX_STOPS = 16, GPT2_MAX_STOP_LEN = 256 };
+
+typedef struct {
+    json_t *id;      /* the request's "id" (string or integer), owned; NULL when absent */
+    char *prompt;    /* prompt bytes, NUL-terminated, owned */
+    size_t n_prompt;
+    int max_tokens;  /* 0 .. 1<<20 */
+    gpt2_sampling sampling;
+    char *stop[GPT2_MAX_STOPS]; /* owned */
+    int n_stop;
+} gpt2_request_spec;
+
+/* Parses one line {"id", "prompt", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop",
+ * "repetition_penalty", "frequency_penalty", "presence_penalty"}; fields absent take the values of
+ * `defaults` (whose prompt and id are ignored). Unknown fields, wrong types and out-of-range values
+ * are errors naming the field. On error only out->id may be set (the id, when it could be read, for
+ * the error record); free it with gpt2_request_spec_free. */
+gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_spec *defaults,
+                               gpt2_request_spec *out, gpt2_error *err);
+
+/* Checks sampling values (shared with the CLI's options); the message names the field. */
+gpt2_status gpt2_sampling_check(const gpt2_sampling *s, gpt2_error *err);
+
+/* Adds a stop string (copied); error when there are already GPT2_MAX_STOPS or it is empty or too long. */
+gpt2_status gpt2_request_add_stop(gpt2_request_spec *r, const char *s, size_t n, gpt2_error *err);
+
+void gpt2_request_spec_free(gpt2_request_spec *r);
+
+#endif /* GPT2_REQUEST_H */

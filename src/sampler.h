@@ -1,0 +1,52 @@
+/* sampler.h: turning one row of logits into one token, identically on every backend.
+ *
+ * Order of operations (as Hugging Face's logits processors): repetition penalty over prompt and
+ * generated tokens, frequency and presence penalties over generated tokens, then temperature,
+ * top-k, top-p, and a draw. Temperature 0 is greedy (argmax after penalties; ties go to the lowest id).
+ * The draw uses one uniform number per step derived from (seed, step) alone, so a request's output
+ * does not depend on what else is in the batch.
+ */
+#ifndef GPT2_SAMPLER_H
+#define GPT2_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    float temperature;        /* 0 = greedy; > 0 */
+    int top_k;                /* 0 = off */
+    float top_p;              /* (0, 1]; 1 = off */
+    float repetition_penalty; /* 1 = off; > 0 */
+    float frequency_penalty;  /* 0 = off */
+    float presence_penalty;   /* 0 = off */
+    uint64_t seed;
+} gpt2_sampling;
+
+/* Defaults: greedy, no filters, no penalties, seed 0. */
+gpt2_sampling gpt2_sampling_default(void);
+
+typedef struct {
+    const gpt2_sampling *p;
+    uint64_t step;      /* index of the token being generated (0 for the first) */
+    const int *history; /* (n_history) prompt tokens then generated tokens */
+    int n_history;
+    int n_prompt;       /* the first n_prompt of history are the prompt */
+} gpt2_sample_req;
+
+/* The uniform number in [0, 1) for (seed, step): splitmix64, 24-bit mantissa. */
+float gpt2_sample_uniform(uint64_t seed, uint64_t step);
+
+/* Scratch for gpt2_sample_row: n_vocab ints and n_vocab floats. */
+typedef struct {
+    int *idx;     /* (V) */
+    float *prob;  /* (V) */
+    int *count;   /* (V) token counts for penalties */
+    int n_vocab;
+} gpt2_sample_scratch;
+int gpt2_sample_scratch_init(gpt2_sample_scratch *s, int n_vocab); /* 0 ok, -1 out of memory */
+void gpt2_sample_scratch_free(gpt2_sample_scratch *s);
+
+/* Applies penalties and temperature to logits in place (V floats) and returns the chosen token. */
+int gpt2_sample_row(float *logits, int n_vocab, const gpt2_sample_req *r, gpt2_sample_scratch *s);
+
+#endif /* GPT2_SAMPLER_H */

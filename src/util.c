@@ -1,0 +1,85 @@
+/* util.c: errors, files and paths shared by every module. */
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const char *gpt2_strerror(gpt2_status s) {
+    switch (s) {
+    case GPT2_OK: return "ok";
+    case GPT2_ERR_ARG: return "invalid argument";
+    case GPT2_ERR_IO: return "input/output error";
+    case GPT2_ERR_FORMAT: return "malformed file";
+    case GPT2_ERR_CONFIG: return "unsupported model configuration";
+    case GPT2_ERR_NOMEM: return "out of host memory";
+    case GPT2_ERR_DEVICE: return "GPU error";
+    case GPT2_ERR_DEVICE_MEM: return "does not fit in GPU memory";
+    case GPT2_ERR_UNSUPPORTED: return "unsupported";
+    case GPT2_ERR_LIMIT: return "limit exceeded";
+    }
+    return "unknown status";
+}
+
+gpt2_status gpt2_fail(gpt2_error *err, gpt2_status s, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->status = s;
+    }
+    return s;
+}
+
+gpt2_status gpt2_read_file(const char *path, size_t max_bytes, char **data, size_t *n, gpt2_error *err) {
+    *data = NULL;
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return gpt2_fail(err, GPT2_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return gpt2_fail(err, GPT2_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max_bytes) {
+        fclose(f);
+        return gpt2_fail(err, GPT2_ERR_FORMAT, "%s: file is %lld bytes, over the limit of %zu", path,
+                         (long long)st.st_size, max_bytes);
+    }
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
+    if (!buf) {
+        fclose(f);
+        return gpt2_fail(err, GPT2_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, size + 1);
+    }
+    size_t got = size ? fread(buf, 1, size, f) : 0;
+    int bad = ferror(f) || got != size;
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return gpt2_fail(err, GPT2_ERR_IO, "%s: read failed", path);
+    }
+    buf[size] = '\0';
+    *data = buf;
+    *n = size;
+    return GPT2_OK;
+}
+
+char *gpt2_path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    size_t k = a;
+    if (a > 0 && dir[a - 1] != '/') p[k++] = '/';
+    memcpy(p + k, name, b + 1);
+    return p;
+}
+
+int gpt2_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}

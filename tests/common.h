@@ -1,0 +1,39 @@
+/* common.h: helpers for the tests that run models: fixture paths, golden files, random data. */
+#ifndef GPT2_TESTS_COMMON_H
+#define GPT2_TESTS_COMMON_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "gpt2.h"
+
+#define FIXTURES "tests/data/models"
+
+/* The fixture models made by tools/make_fixtures.py with transformers (names under FIXTURES). */
+extern const char *const fixture_models[];
+extern const int n_fixture_models;
+
+/* Loads FIXTURES/name/golden.json (asserts on failure). */
+json_t *golden_load(const char *name);
+
+/* json array of integers -> malloc'ed int array. */
+int *json_ints(json_t *arr, int *n);
+
+/* A CPU backend on model m: S slots of maxT positions, N tokens per forward, all_logits on. */
+gpt2_backend *cpu_backend(const gpt2_model *m, int S, int maxT, int N);
+
+/* Full-sequence logits (T, V) through a fresh CPU backend; malloc'ed. */
+float *full_logits(const gpt2_model *m, const int *ids, int T);
+
+/* splitmix64 stream in the tests, independent of src/. */
+uint64_t trand(uint64_t *s);
+float trand_float(uint64_t *s); /* uniform in [-1, 1) */
+
+/* Path of the CLI under test ($GPT2_BIN, default build/gpt2). */
+const char *cli_bin(void);
+
+/* Runs a shell command, capturing stdout into *out (malloc'ed); returns the exit status. */
+int run_capture(const char *cmd, char **out);
+
+#endif

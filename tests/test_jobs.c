@@ -1,0 +1,555 @@
+/* test_jobs.c: long batch jobs never lose work.
+ *
+ * Runs the CLI (`gpt2 generate --input`, $GPT2_BIN) on the tiny fixture model with --device cpu, and
+ *   - kills it with SIGKILL part way through: every line written so far is a complete record, and
+ *     --resume then completes the job with exactly one record per input id, each equal to the record
+ *     of an uninterrupted run (same seeds, same tokens);
+ *   - interrupts it with SIGINT (and SIGTERM): it exits by itself soon after with status 1, the
+ *     records it wrote are finished ones (equal to the uninterrupted run's), and --resume completes;
+ *   - resumes from an output whose last line was torn, and resumes a job that is already complete;
+ *   - feeds it bad lines (prompt over the context, bad sampling values, empty prompt, non-object,
+ *     invalid UTF-8, huge integer, duplicate key): each gets an error record naming its line and
+ *     field, the others still run, and the exit status is 1; --truncate makes the long prompt run.
+ * The reference for "equal" is the CLI's own uninterrupted run: these tests check that interruption
+ * and resumption change nothing, not the tokens themselves (test_generate.c checks those against
+ * transformers). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#define MODEL FIXTURES "/tiny"
+#define N_REQ 40
+#define CONTEXT 64 /* n_positions of the tiny fixture */
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Files and processes                                                                              */
+
+typedef struct {
+    char dir[64];
+    char in[128], out[128], ref[128], err[128];
+} workdir;
+
+static void workdir_make(workdir *w) {
+    snprintf(w->dir, sizeof w->dir, "/tmp/gpt2_test_jobs_XXXXXX");
+    cr_assert(mkdtemp(w->dir), "mkdtemp: %s", strerror(errno));
+    snprintf(w->in, sizeof w->in, "%s/in.jsonl", w->dir);
+    snprintf(w->out, sizeof w->out, "%s/out.jsonl", w->dir);
+    snprintf(w->ref, sizeof w->ref, "%s/ref.jsonl", w->dir);
+    snprintf(w->err, sizeof w->err, "%s/stderr.txt", w->dir);
+}
+
+static void workdir_remove(workdir *w) {
+    const char *files[] = {w->in, w->out, w->ref, w->err};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) unlink(files[i]);
+    rmdir(w->dir);
+}
+
+/* Reads a whole file (NUL-terminated); *n gets its length. Missing file: empty. */
+static char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    size_t cap = 1 << 16, k = 0;
+    char *buf = malloc(cap + 1);
+    cr_assert(buf);
+    if (f) {
+        size_t got;
+        while ((got = fread(buf + k, 1, cap - k, f)) > 0) {
+            k += got;
+            if (k == cap) {
+                buf = realloc(buf, (cap *= 2) + 1);
+                cr_assert(buf);
+            }
+        }
+        fclose(f);
+    }
+    buf[k] = '\0';
+    if (n) *n = k;
+    return buf;
+}
+
+static void spit(const char *path, const char *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    cr_assert(f, "%s: %s", path, strerror(errno));
+    cr_assert_eq(fwrite(data, 1, n, f), n);
+    cr_assert_eq(fclose(f), 0);
+}
+
+static size_t count_lines(const char *path) {
+    size_t n, lines = 0;
+    char *s = slurp(path, &n);
+    for (size_t i = 0; i < n; i++) lines += s[i] == '\n';
+    free(s);
+    return lines;
+}
+
+/* The CLI's arguments: generate on the tiny model, one thread (the machines running the tests are
+ * small and shared; OpenMP spinning on a busy core makes runs slow and timings erratic). */
+#define MAX_ARGS 24
+typedef struct {
+    const char *v[MAX_ARGS + 1];
+    int n;
+} args;
+
+static void args_init(args *a, const workdir *w, const char *output) {
+    const char *base[] = {cli_bin(), "generate", "--model", MODEL, "--device", "cpu", "--threads", "1",
+                          "--batch", "2", "--input", w->in, "--output", output};
+    a->n = 0;
+    for (size_t i = 0; i < sizeof base / sizeof *base; i++) a->v[a->n++] = base[i];
+    a->v[a->n] = NULL;
+}
+
+static void args_add(args *a, const char *s) {
+    cr_assert_lt(a->n, MAX_ARGS);
+    a->v[a->n++] = s;
+    a->v[a->n] = NULL;
+}
+
+/* Starts the CLI with stdout to /dev/null and stderr to w->err. */
+static pid_t spawn(const args *a, const workdir *w) {
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        int out = open("/dev/null", O_WRONLY), err = open(w->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (out < 0 || err < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(127);
+        execv(a->v[0], (char *const *)a->v);
+        _exit(127);
+    }
+    return pid;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+/* Runs the CLI to the end; returns its exit status (asserts it was not killed by a signal). */
+static int run(const args *a, const workdir *w) {
+    pid_t pid = spawn(a, w);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st), "%s was killed by signal %d", a->v[0], WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    int rc = WEXITSTATUS(st);
+    cr_assert_neq(rc, 127, "cannot run %s (set GPT2_BIN)", a->v[0]);
+    return rc;
+}
+
+/* Waits until `path` holds at least `lines` newlines; fails if the process ends first. */
+static void wait_for_lines(pid_t pid, const char *path, size_t lines, const workdir *w) {
+    double t0 = now();
+    for (;;) {
+        if (count_lines(path) >= lines) return;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            char *err = slurp(w->err, NULL);
+            cr_assert_fail("the CLI ended (status %d) before writing %zu records: %s", st, lines, err);
+        }
+        if (now() - t0 > 120) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            cr_assert_fail("no %zu records in %s after 120 s", lines, path);
+        }
+        sleep_ms(1);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Requests and records                                                                             */
+
+static const char *const PROMPTS[] = {
+    "The quick brown fox", "Once upon a time", "In the beginning", "Hello, my name is",
+    "The meaning of life is", "Caf\\u00e9 au lait, s'il vous pla\\u00eet", "1, 2, 3, 4,", "def main():\\n   ",
+};
+
+/* N_REQ requests with distinct ids, seeds and sampling settings; enough tokens that a batch of two
+ * takes a while, few enough that prompt + max_tokens stays within the context. */
+static void write_requests(const workdir *w) {
+    char *buf = malloc(N_REQ * 256);
+    cr_assert(buf);
+    size_t k = 0;
+    for (int i = 0; i < N_REQ; i++) {
+        const char *sampling = i % 4 == 0   ? "\"temperature\": 0"
+                               : i % 4 == 1 ? "\"temperature\": 0.9, \"top_k\": 40"
+                               : i % 4 == 2 ? "\"temperature\": 1.1, \"top_p\": 0.9"
+                                            : "\"temperature\": 0.8, \"repetition_penalty\": 1.3";
+        k += (size_t)snprintf(buf + k, 256, "{\"id\": \"r%02d\", \"prompt\": \"%s\", \"max_tokens\": %d, \"seed\": %d, %s}\n",
+                              i, PROMPTS[i % 8], 8 + (i * 5) % 9, 1000 + 17 * i, sampling);
+    }
+    spit(w->in, buf, k);
+    free(buf);
+}
+
+/* Parses a JSONL output: every line must be one complete JSON object with an "id", and the file must
+ * end with a newline (a record is written whole or not at all). Returns an array of the records. */
+static json_t *load_records(const char *path) {
+    size_t n;
+    char *s = slurp(path, &n);
+    json_t *arr = json_array();
+    size_t pos = 0, line = 0;
+    while (pos < n) {
+        char *nl = memchr(s + pos, '\n', n - pos);
+        line++;
+        cr_assert(nl, "%s: line %zu has no newline: '%s'", path, line, s + pos);
+        json_error_t e;
+        json_t *rec = json_loadb(s + pos, (size_t)(nl - (s + pos)), 0, &e);
+        cr_assert(rec, "%s: line %zu is not complete JSON (%s): '%.*s'", path, line, e.text, (int)(nl - (s + pos)),
+                  s + pos);
+        cr_assert(json_is_object(rec) && json_object_get(rec, "id"), "%s: line %zu is not a record", path, line);
+        json_array_append_new(arr, rec);
+        pos = (size_t)(nl - s) + 1;
+    }
+    free(s);
+    return arr;
+}
+
+static const char *rec_id(json_t *rec) { return json_string_value(json_object_get(rec, "id")); }
+
+/* The reference record with this id, or NULL. */
+static json_t *find_id(json_t *recs, const char *id) {
+    size_t i;
+    json_t *r;
+    json_array_foreach(recs, i, r) if (rec_id(r) && !strcmp(rec_id(r), id)) return r;
+    return NULL;
+}
+
+/* Every record in `got` is one of the reference's, byte for byte as JSON values, and no id repeats. */
+static void check_subset(json_t *got, json_t *ref, const char *what) {
+    size_t i;
+    json_t *r;
+    json_array_foreach(got, i, r) {
+        const char *id = rec_id(r);
+        cr_assert(id, "%s: record %zu has no string id", what, i);
+        json_t *want = find_id(ref, id);
+        cr_assert(want, "%s: unknown id %s", what, id);
+        cr_assert(json_equal(r, want), "%s: record %s differs from the uninterrupted run's:\n%s\n%s", what, id,
+                  json_dumps(r, JSON_COMPACT), json_dumps(want, JSON_COMPACT));
+        for (size_t j = 0; j < i; j++)
+            cr_assert(strcmp(rec_id(json_array_get(got, j)), id), "%s: id %s written twice", what, id);
+    }
+}
+
+/* Exactly one record per input id, each equal to the reference's. */
+static void check_complete(json_t *got, json_t *ref, const char *what) {
+    cr_assert_eq(json_array_size(got), N_REQ, "%s: %zu records for %d requests", what, json_array_size(got), N_REQ);
+    check_subset(got, ref, what);
+}
+
+/* The uninterrupted run: N_REQ records in input order, all finished normally. */
+static json_t *reference_run(const workdir *w) {
+    args a;
+    args_init(&a, w, w->ref);
+    int rc = run(&a, w);
+    char *err = slurp(w->err, NULL);
+    cr_assert_eq(rc, 0, "uninterrupted run failed (%d): %s", rc, err);
+    free(err);
+    json_t *ref = load_records(w->ref);
+    cr_assert_eq(json_array_size(ref), N_REQ);
+    for (int i = 0; i < N_REQ; i++) {
+        json_t *r = json_array_get(ref, (size_t)i);
+        char id[8];
+        snprintf(id, sizeof id, "r%02d", i);
+        cr_assert_str_eq(rec_id(r), id, "records out of input order");
+        cr_assert(!json_object_get(r, "error"), "request %s failed: %s", id,
+                  json_string_value(json_object_get(r, "error")));
+        json_t *toks = json_object_get(r, "tokens");
+        cr_assert(json_is_array(toks) && json_array_size(toks) > 0, "%s: no tokens", id);
+        const char *fin = json_string_value(json_object_get(r, "finish_reason"));
+        cr_assert(fin && (!strcmp(fin, "length") || !strcmp(fin, "stop")), "%s: finish_reason", id);
+    }
+    return ref;
+}
+
+static void resume_and_check(const workdir *w, json_t *ref, const char *what) {
+    args a;
+    args_init(&a, w, w->out);
+    args_add(&a, "--resume");
+    int rc = run(&a, w);
+    char *err = slurp(w->err, NULL);
+    cr_assert_eq(rc, 0, "%s: --resume failed (%d): %s", what, rc, err);
+    free(err);
+    json_t *got = load_records(w->out);
+    check_complete(got, ref, what);
+    json_decref(got);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tests                                                                                            */
+
+Test(jobs, sigkill_then_resume, .timeout = 300) {
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w);
+    json_t *ref = reference_run(&w);
+
+    args a;
+    args_init(&a, &w, w.out);
+    pid_t pid = spawn(&a, &w);
+    wait_for_lines(pid, w.out, 3, &w);
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the run ended by itself before it was killed");
+
+    /* Records are written one whole line at a time (one write per record), so even a kill leaves
+     * only complete lines. */
+    json_t *part = load_records(w.out);
+    size_t n_part = json_array_size(part);
+    cr_assert(n_part >= 3 && n_part < N_REQ, "%zu records after the kill", n_part);
+    check_subset(part, ref, "after SIGKILL");
+    /* Without interruption records go out in input order: the written ones are a prefix. */
+    for (size_t i = 0; i < n_part; i++)
+        cr_assert_str_eq(rec_id(json_array_get(part, i)), rec_id(json_array_get(ref, i)), "not in input order");
+    json_decref(part);
+
+    resume_and_check(&w, ref, "SIGKILL + --resume");
+
+    /* A second --resume has nothing left to do and must not touch the file. */
+    size_t n1, n2;
+    char *before = slurp(w.out, &n1);
+    resume_and_check(&w, ref, "second --resume");
+    char *after = slurp(w.out, &n2);
+    cr_assert(n1 == n2 && !memcmp(before, after, n1), "a --resume of a finished job changed the output");
+    char *err = slurp(w.err, NULL);
+    cr_assert(strstr(err, "40 of 40"), "expected '40 of 40 requests already in': %s", err);
+    free(err);
+    free(before);
+    free(after);
+    json_decref(ref);
+    workdir_remove(&w);
+}
+
+static void interrupt_then_resume(int sig) {
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w);
+    json_t *ref = reference_run(&w);
+
+    args a;
+    args_init(&a, &w, w.out);
+    pid_t pid = spawn(&a, &w);
+    wait_for_lines(pid, w.out, 3, &w);
+    size_t seen = count_lines(w.out);
+    cr_assert_eq(kill(pid, sig), 0);
+    double t0 = now();
+    int st = 0;
+    pid_t done = 0;
+    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && now() - t0 < 20) sleep_ms(5);
+    if (done != pid) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        cr_assert_fail("signal %d: the CLI had not exited 20 s later", sig);
+    }
+    char *err = slurp(w.err, NULL);
+    cr_assert(WIFEXITED(st), "signal %d killed the CLI instead of stopping it", sig);
+    cr_assert_eq(WEXITSTATUS(st), 1, "exit status %d after signal %d (want 1): %s", WEXITSTATUS(st), sig, err);
+    cr_assert(strstr(err, "interrupted") && strstr(err, "--resume"), "no interruption notice: %s", err);
+    free(err);
+
+    /* Finished records are all written (possibly out of order), and they are finished ones: equal to
+     * the uninterrupted run's, not cut short. */
+    json_t *part = load_records(w.out);
+    size_t n_part = json_array_size(part);
+    cr_assert(n_part >= seen && n_part < N_REQ, "%zu records after the signal (%zu before)", n_part, seen);
+    check_subset(part, ref, "after the signal");
+    json_decref(part);
+
+    resume_and_check(&w, ref, "signal + --resume");
+    json_decref(ref);
+    workdir_remove(&w);
+}
+
+Test(jobs, sigint_then_resume, .timeout = 300) { interrupt_then_resume(SIGINT); }
+
+Test(jobs, sigterm_then_resume, .timeout = 300) { interrupt_then_resume(SIGTERM); }
+
+Test(jobs, resume_drops_torn_last_line, .timeout = 300) {
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w);
+    json_t *ref = reference_run(&w);
+
+    /* The first 5 records, then half of the 6th without its newline, as a crash mid-write leaves it. */
+    size_t n;
+    char *s = slurp(w.ref, &n);
+    char *p = s;
+    for (int i = 0; i < 5; i++) p = strchr(p, '\n') + 1;
+    char *end6 = strchr(p, '\n');
+    size_t keep = (size_t)(p - s) + (size_t)(end6 - p) / 2;
+    spit(w.out, s, keep);
+    free(s);
+
+    resume_and_check(&w, ref, "torn line + --resume");
+    char *err = slurp(w.err, NULL);
+    cr_assert(strstr(err, "incomplete last line"), "the torn line was not reported: %s", err);
+    cr_assert(strstr(err, "5 of 40"), "expected 5 requests already done: %s", err);
+    free(err);
+    json_decref(ref);
+    workdir_remove(&w);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Error records                                                                                    */
+
+/* About 100 tokens: longer than the tiny model's context of 64. */
+static const char LONG_PROMPT[] =
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+    "it was the season of Darkness, it was the spring of hope, it was the winter of despair, we had "
+    "everything before us, we had nothing before us, we were all going direct to Heaven";
+
+typedef struct {
+    int line;
+    const char *id;    /* string id of the record, or NULL: the line number is the id */
+    const char *error; /* substring of the error, or NULL for a request that runs */
+} expect;
+
+/* The mixed input; MIXED below says what each line should give. */
+static void write_mixed(const workdir *w) {
+    char *buf = malloc(8192);
+    cr_assert(buf);
+    int k = snprintf(buf, 8192,
+                     "{\"id\": \"ok1\", \"prompt\": \"The quick brown fox\", \"max_tokens\": 4, \"seed\": 1}\n" /* 1 */
+                     "{\"id\": \"long\", \"prompt\": \"%s\", \"max_tokens\": 4, \"temperature\": 0}\n"          /* 2 */
+                     "{\"id\": \"ctx\", \"prompt\": \"Once upon a time\", \"max_tokens\": 1000, \"temperature\": 0}\n"
+                     "{\"id\": \"temp\", \"prompt\": \"a\", \"temperature\": -0.5}\n"          /* 4 */
+                     "{\"id\": \"topp0\", \"prompt\": \"a\", \"top_p\": 0}\n"                  /* 5 */
+                     "{\"id\": \"topp15\", \"prompt\": \"a\", \"top_p\": 1.5}\n"               /* 6 */
+                     "{\"id\": \"topk\", \"prompt\": \"a\", \"top_k\": -1}\n"                  /* 7 */
+                     "{\"id\": \"empty\", \"prompt\": \"\"}\n"                                 /* 8 */
+                     "[\"not\", \"an\", \"object\"]\n"                                         /* 9 */
+                     "{\"id\": \"utf8\", \"prompt\": \"bad \xff\xfe bytes\"}\n"                /* 10 */
+                     "\n"                                                                      /* 11: blank */
+                     "{\"id\": \"huge\", \"prompt\": \"a\", \"max_tokens\": 123456789012345678901234567890}\n"
+                     "{\"id\": \"dupkey\", \"prompt\": \"a\", \"prompt\": \"b\"}\n"            /* 13 */
+                     "{\"id\": \"big\", \"prompt\": \"a\", \"max_tokens\": 9223372036854775807}\n" /* 14 */
+                     "{\"id\": \"ok2\", \"prompt\": \"Last one\", \"max_tokens\": 3, \"seed\": 2}\n", /* 15 */
+                     LONG_PROMPT);
+    cr_assert(k > 0 && k < 8192);
+    spit(w->in, buf, (size_t)k);
+    free(buf);
+}
+
+static const expect MIXED[] = {
+    {1, "ok1", NULL},
+    {2, "long", "context"},
+    {3, "ctx", NULL},
+    {4, "temp", "temperature"},
+    {5, "topp0", "top_p"},
+    {6, "topp15", "top_p"},
+    {7, "topk", "top_k"},
+    {8, "empty", "prompt"},
+    {9, NULL, "object"},
+    {10, NULL, "JSON"},  /* invalid UTF-8: the line is not JSON, so its id cannot be read */
+    {12, NULL, "JSON"},  /* an integer too big for jansson is a JSON error as well */
+    {13, NULL, "JSON"},  /* duplicate key */
+    {14, "big", "max_tokens"},
+    {15, "ok2", NULL},
+};
+#define N_MIXED (sizeof MIXED / sizeof *MIXED)
+
+static void check_mixed(const workdir *w, int truncate) {
+    args a;
+    args_init(&a, w, w->out);
+    if (truncate) args_add(&a, "--truncate");
+    int rc = run(&a, w);
+    char *err = slurp(w->err, NULL);
+    cr_assert_eq(rc, 1, "exit status %d with bad lines (want 1): %s", rc, err);
+    cr_assert(strstr(err, "requests failed"), "no failure summary on stderr: %s", err);
+    free(err);
+
+    json_t *recs = load_records(w->out);
+    cr_assert_eq(json_array_size(recs), N_MIXED, "%zu records for %zu non-blank lines", json_array_size(recs),
+                 N_MIXED);
+    for (size_t i = 0; i < N_MIXED; i++) {
+        const expect *e = &MIXED[i];
+        json_t *r = json_array_get(recs, i); /* in input order */
+        json_t *id = json_object_get(r, "id");
+        if (e->id) cr_assert(json_is_string(id) && !strcmp(json_string_value(id), e->id), "line %d: id", e->line);
+        else cr_assert(json_is_integer(id) && json_integer_value(id) == e->line, "line %d: id should be %d", e->line,
+                       e->line);
+        const char *error = json_string_value(json_object_get(r, "error"));
+        int runs = !e->error || (truncate && e->line == 2);
+        if (!runs) {
+            cr_assert(error, "line %d: no error record: %s", e->line, json_dumps(r, JSON_COMPACT));
+            cr_assert_eq(json_integer_value(json_object_get(r, "line")), e->line, "line %d: wrong line", e->line);
+            cr_assert(strstr(error, e->error), "line %d: error '%s' does not mention '%s'", e->line, error, e->error);
+            cr_assert(!json_object_get(r, "tokens"), "line %d: error record with tokens", e->line);
+            continue;
+        }
+        cr_assert(!error, "line %d: unexpected error: %s", e->line, error);
+        json_t *toks = json_object_get(r, "tokens");
+        int prompt_tokens = (int)json_integer_value(json_object_get(r, "prompt_tokens"));
+        const char *fin = json_string_value(json_object_get(r, "finish_reason"));
+        cr_assert(json_is_array(toks) && json_array_size(toks) > 0 && prompt_tokens > 0 && fin, "line %d: %s",
+                  e->line, json_dumps(r, JSON_COMPACT));
+        int n_tok = (int)json_array_size(toks);
+        if (e->line == 2) {
+            /* Truncated from the left to make room for max_tokens; prompt_tokens counts them all. */
+            cr_assert_gt(prompt_tokens, CONTEXT, "the long prompt has only %d tokens", prompt_tokens);
+            cr_assert_eq(n_tok, 4);
+        }
+        if (e->line == 3) {
+            /* max_tokens past the context: generation runs until the context is full. */
+            cr_assert_str_eq(fin, "length");
+            cr_assert_eq(prompt_tokens + n_tok, CONTEXT, "%d prompt + %d generated tokens", prompt_tokens, n_tok);
+        }
+    }
+    json_decref(recs);
+}
+
+Test(jobs, error_records, .timeout = 300) {
+    workdir w;
+    workdir_make(&w);
+    write_mixed(&w);
+    check_mixed(&w, 0);
+    workdir_remove(&w);
+}
+
+Test(jobs, error_records_with_truncate, .timeout = 300) {
+    workdir w;
+    workdir_make(&w);
+    write_mixed(&w);
+    check_mixed(&w, 1);
+    workdir_remove(&w);
+}
+
+/* An unknown field whose name is cut inside a UTF-8 sequence by the error message must still give an
+ * error record (the message goes into JSON), not end the whole job. */
+Test(jobs, error_record_for_unknown_non_ascii_field, .timeout = 120) {
+    workdir w;
+    workdir_make(&w);
+    char line[512];
+    int k = snprintf(line, sizeof line,
+                     "{\"id\": \"ok\", \"prompt\": \"Hello\", \"max_tokens\": 2}\n"
+                     "{\"id\": \"u\", \"prompt\": \"p\", \"%s\\u00e9\": 1}\n",
+                     "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk" /* 63 bytes */);
+    spit(w.in, line, (size_t)k);
+    args a;
+    args_init(&a, &w, w.out);
+    int rc = run(&a, &w);
+    char *err = slurp(w.err, NULL);
+    cr_assert_eq(rc, 1, "exit status %d: %s", rc, err);
+    json_t *recs = load_records(w.out);
+    cr_assert_eq(json_array_size(recs), 2, "%zu records (want 2); stderr: %s", json_array_size(recs), err);
+    const char *msg = json_string_value(json_object_get(json_array_get(recs, 1), "error"));
+    cr_assert(msg && strstr(msg, "unknown field"), "second record: %s", json_dumps(json_array_get(recs, 1), 0));
+    free(err);
+    json_decref(recs);
+    workdir_remove(&w);
+}

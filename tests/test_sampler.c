@@ -1,0 +1,187 @@
+/* test_sampler.c: the sampler's filters, penalties, seeding and distributions. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "sampler.h"
+
+enum { V = 1000 };
+
+static void random_logits(float *l, int n, uint64_t seed) {
+    uint64_t s = seed;
+    for (int i = 0; i < n; i++) l[i] = 4.0f * trand_float(&s);
+}
+
+static int sample(const float *logits, int n, const gpt2_sampling *p, uint64_t step, const int *hist, int n_hist,
+                  int n_prompt) {
+    static float work[V];
+    gpt2_sample_scratch s;
+    cr_assert_eq(gpt2_sample_scratch_init(&s, n), 0);
+    memcpy(work, logits, sizeof(float) * (size_t)n);
+    gpt2_sample_req r = {.p = p, .step = step, .history = hist, .n_history = n_hist, .n_prompt = n_prompt};
+    int t = gpt2_sample_row(work, n, &r, &s);
+    gpt2_sample_scratch_free(&s);
+    return t;
+}
+
+/* rank of token t in logits (0 = largest; ties by lower id first), computed independently */
+static int rank_of(const float *l, int n, int t) {
+    int r = 0;
+    for (int i = 0; i < n; i++)
+        if (l[i] > l[t] || (l[i] == l[t] && i < t)) r++;
+    return r;
+}
+
+Test(sampler, greedy_is_argmax_and_ties_go_to_lowest_id) {
+    float l[V];
+    for (int seed = 1; seed <= 20; seed++) {
+        random_logits(l, V, (uint64_t)seed);
+        gpt2_sampling p = gpt2_sampling_default();
+        int t = sample(l, V, &p, 0, NULL, 0, 0);
+        cr_assert_eq(rank_of(l, V, t), 0);
+    }
+    for (int i = 0; i < V; i++) l[i] = 0.5f;
+    l[700] = l[300] = 2.0f;
+    gpt2_sampling p = gpt2_sampling_default();
+    cr_assert_eq(sample(l, V, &p, 0, NULL, 0, 0), 300);
+}
+
+Test(sampler, top_k_never_leaves_its_set) {
+    float l[V];
+    random_logits(l, V, 7);
+    gpt2_sampling p = gpt2_sampling_default();
+    p.temperature = 2.0f; /* flat enough that a bug would show */
+    p.top_k = 5;
+    int seen[5] = {0};
+    for (int step = 0; step < 3000; step++) {
+        p.seed = (uint64_t)step * 31;
+        int t = sample(l, V, &p, (uint64_t)step, NULL, 0, 0);
+        int r = rank_of(l, V, t);
+        cr_assert_lt(r, 5, "step %d picked rank %d", step, r);
+        seen[r]++;
+    }
+    for (int r = 0; r < 5; r++) cr_assert_gt(seen[r], 0, "rank %d never drawn", r);
+}
+
+Test(sampler, top_p_never_leaves_the_nucleus) {
+    float l[V];
+    random_logits(l, V, 11);
+    for (int i = 0; i < V; i++) l[i] *= 2.0f;
+    /* the nucleus, independently: sort probabilities descending in double */
+    double prob[V], sum = 0;
+    int order[V];
+    for (int i = 0; i < V; i++) {
+        order[i] = i;
+        prob[i] = exp((double)l[i]);
+        sum += prob[i];
+    }
+    for (int i = 0; i < V; i++)
+        for (int j = i + 1; j < V; j++)
+            if (l[order[j]] > l[order[i]]) {
+                int t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+    double cum = 0;
+    int nucleus = 0;
+    while (cum < 0.5 * sum) cum += prob[order[nucleus++]];
+    gpt2_sampling p = gpt2_sampling_default();
+    p.temperature = 1.0f;
+    p.top_p = 0.5f;
+    for (int step = 0; step < 3000; step++) {
+        int t = sample(l, V, &p, (uint64_t)step, NULL, 0, 0);
+        int r = rank_of(l, V, t);
+        cr_assert_lt(r, nucleus + 1, "step %d picked rank %d outside the nucleus of %d", step, r, nucleus);
+    }
+}
+
+Test(sampler, seeded_draws_are_reproducible_and_seeds_differ) {
+    float l[V];
+    random_logits(l, V, 3);
+    gpt2_sampling p = gpt2_sampling_default();
+    p.temperature = 1.5f;
+    int differ = 0;
+    for (int step = 0; step < 200; step++) {
+        p.seed = 42;
+        int a = sample(l, V, &p, (uint64_t)step, NULL, 0, 0);
+        int b = sample(l, V, &p, (uint64_t)step, NULL, 0, 0);
+        cr_assert_eq(a, b);
+        p.seed = 43;
+        differ += sample(l, V, &p, (uint64_t)step, NULL, 0, 0) != a;
+    }
+    cr_assert_gt(differ, 100, "seeds 42 and 43 agree on %d of 200 draws", 200 - differ);
+}
+
+/* Frequencies over many draws against softmax(logits / T), within 5 standard deviations. */
+static void check_distribution(float temperature) {
+    float l[5] = {1.0f, 0.0f, -1.0f, 2.0f, 0.5f};
+    double p[5], sum = 0;
+    for (int i = 0; i < 5; i++) sum += p[i] = exp((double)l[i] / temperature);
+    int count[5] = {0}, n = 40000;
+    gpt2_sampling sp = gpt2_sampling_default();
+    sp.temperature = temperature;
+    sp.seed = 1234;
+    for (int step = 0; step < n; step++) count[sample(l, 5, &sp, (uint64_t)step, NULL, 0, 0)]++;
+    for (int i = 0; i < 5; i++) {
+        double pi = p[i] / sum, sd = sqrt(n * pi * (1 - pi));
+        cr_assert_lt(fabs(count[i] - n * pi), 5 * sd + 1, "T=%g token %d: %d draws, expected %.0f", temperature, i,
+                     count[i], n * pi);
+    }
+}
+
+Test(sampler, distribution_matches_softmax) {
+    check_distribution(1.0f);
+    check_distribution(0.5f);
+    check_distribution(3.0f);
+}
+
+Test(sampler, uniform_numbers_are_in_range_and_spread) {
+    double mean = 0;
+    int bins[10] = {0};
+    for (uint64_t step = 0; step < 100000; step++) {
+        float u = gpt2_sample_uniform(99, step);
+        cr_assert(u >= 0.0f && u < 1.0f);
+        mean += u;
+        bins[(int)(u * 10)]++;
+    }
+    cr_assert_lt(fabs(mean / 100000 - 0.5), 0.01);
+    for (int i = 0; i < 10; i++) cr_assert(bins[i] > 9500 && bins[i] < 10500, "bin %d: %d", i, bins[i]);
+}
+
+Test(sampler, repetition_penalty_follows_hugging_face) {
+    float l[6] = {3.0f, 2.9f, -1.0f, 0.0f, 1.0f, 2.95f};
+    int hist[] = {0, 0, 2, 5};
+    gpt2_sampling p = gpt2_sampling_default();
+    p.repetition_penalty = 2.0f;
+    /* 0: 3.0 -> 1.5 (once, though it appears twice); 5: 2.95 -> 1.475; 2: -1 -> -2; so 1 wins */
+    cr_assert_eq(sample(l, 6, &p, 0, hist, 4, 2), 1);
+    float w[6];
+    memcpy(w, l, sizeof w);
+    gpt2_sample_scratch s;
+    cr_assert_eq(gpt2_sample_scratch_init(&s, 6), 0);
+    gpt2_sample_req r = {.p = &p, .history = hist, .n_history = 4, .n_prompt = 2};
+    gpt2_sample_row(w, 6, &r, &s);
+    gpt2_sample_scratch_free(&s);
+    cr_assert_float_eq(w[0], 1.5f, 1e-6);
+    cr_assert_float_eq(w[2], -2.0f, 1e-6);
+    cr_assert_float_eq(w[5], 1.475f, 1e-6);
+    cr_assert_float_eq(w[1], 2.9f, 1e-6);
+}
+
+Test(sampler, frequency_and_presence_penalties_count_generated_tokens_only) {
+    float w[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    int hist[] = {3, 3, 0, 0, 0, 1}; /* prompt {3, 3}; generated 0 x3, 1 x1 */
+    gpt2_sampling p = gpt2_sampling_default();
+    p.frequency_penalty = 0.5f;
+    p.presence_penalty = 0.25f;
+    gpt2_sample_scratch s;
+    cr_assert_eq(gpt2_sample_scratch_init(&s, 4), 0);
+    gpt2_sample_req r = {.p = &p, .history = hist, .n_history = 6, .n_prompt = 2};
+    cr_assert_eq(gpt2_sample_row(w, 4, &r, &s), 2); /* 2 untouched and lowest untouched id */
+    gpt2_sample_scratch_free(&s);
+    cr_assert_float_eq(w[0], 1.0f - 1.5f - 0.25f, 1e-6);
+    cr_assert_float_eq(w[1], 1.0f - 0.5f - 0.25f, 1e-6);
+    cr_assert_float_eq(w[3], 1.0f, 1e-6);
+}
