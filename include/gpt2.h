@@ -109,7 +109,8 @@ int gpt2_tokenizer_eot(const gpt2_tokenizer *t);     /* id of <|endoftext|>, or 
 
 /* Encodes n bytes (any bytes, invalid UTF-8 included). With allow_special, the text
  * "<|endoftext|>" becomes the end-of-text id; otherwise it is encoded as ordinary text.
- * *ids is malloc'ed; the caller frees it. Not thread-safe on one tokenizer (it keeps a cache). */
+ * *ids is malloc'ed; the caller frees it. Not thread-safe on one tokenizer (it keeps scratch buffers and PCRE2
+ * match data). */
 gpt2_status gpt2_encode(gpt2_tokenizer *t, const char *text, size_t n, int allow_special,
                         int **ids, size_t *n_ids, gpt2_error *err);
 

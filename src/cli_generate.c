@@ -186,9 +186,12 @@ static char *utf8_sanitize(const char *s, size_t n, size_t *out_n) {
 }
 
 static char *error_record(const job *j, const char *msg) {
-    json_t *r = json_pack("{s:O, s:i, s:s}", "id", j->id, "line", j->line, "error", msg);
+    size_t n;
+    char *clean = utf8_sanitize(msg, strlen(msg), &n); /* messages may quote input bytes */
+    json_t *r = clean ? json_pack("{s:O, s:i, s:s}", "id", j->id, "line", j->line, "error", clean) : NULL;
     char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
     json_decref(r);
+    free(clean);
     return s;
 }
 
@@ -233,6 +236,7 @@ static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens,
                                           "tokens", toks, "text", clean, clean_n, "finish_reason",
                                           gpt2_finish_name(reason))
                               : NULL;
+    if (r && json_is_null(j->id)) json_object_set_new(r, "line", json_integer(j->line));
     if (!r) json_decref(toks);
     free(clean);
     j->record = r ? json_dumps(r, JSON_COMPACT) : NULL;
@@ -287,6 +291,15 @@ static gpt2_status prepare_prompt(job *j, gpt2_tokenizer *tok, const gpt2_model 
     return GPT2_OK;
 }
 
+/* The key that identifies a job's record for duplicate and --resume checks: its id as compact JSON,
+ * or "line:N" for a request without an id (whose records carry "id": null and "line": N). */
+static char *job_key(json_t *id, int line) {
+    if (!json_is_null(id)) return json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *k = malloc(32);
+    if (k) snprintf(k, 32, "line:%d", line);
+    return k;
+}
+
 /* Splits the input into jobs, parsing and checking every line first. */
 static int load_jobs(const char *text, size_t n_text, const gen_args *a, gpt2_tokenizer *tok, const gpt2_model *m,
                      batch *b) {
@@ -312,9 +325,8 @@ static int load_jobs(const char *text, size_t n_text, const gen_args *a, gpt2_to
         gpt2_error err = {0};
         const char *msg = NULL;
         if (gpt2_request_parse(s + lead, l - lead, &a->defaults, &j->spec, &err) != GPT2_OK) msg = err.msg;
-        j->id = j->spec.id ? json_incref(j->spec.id) : json_integer(line);
-        j->key = json_dumps(j->id, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!j->key) return -1;
+        j->id = j->spec.id ? json_incref(j->spec.id) : json_null();
+        if (!(j->key = job_key(j->id, line))) return -1;
         if (!msg && prepare_prompt(j, tok, m, a, &err) != GPT2_OK) msg = err.msg;
         if (msg) {
             j->failed = 1;
@@ -375,7 +387,10 @@ static int resume_from(batch *b, const char *path) {
         size_t len = (size_t)(nl - (data + pos));
         json_t *rec = json_loadb(data + pos, len, 0, NULL);
         json_t *id = rec ? json_object_get(rec, "id") : NULL;
-        char *key = id ? json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        json_t *ln = rec ? json_object_get(rec, "line") : NULL;
+        char *key = id && (!json_is_null(id) || json_is_integer(ln))
+                        ? job_key(id, (int)json_integer_value(ln))
+                        : NULL;
         for (int i = 0; key && i < b->n_jobs; i++)
             if (!b->jobs[i].done && !strcmp(b->jobs[i].key, key)) {
                 b->jobs[i].done = 1;

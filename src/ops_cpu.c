@@ -36,40 +36,53 @@ void layernorm_forward_cpu(float *out, const float *inp, const float *w, const f
     }
 }
 
-/* Output columns go in blocks so that each (row, block) task accumulates into a small local array
- * while streaming rows of w, which are contiguous in the [in, out] layout. */
-enum { MM_BLOCK = 64 };
+/* Output columns go in blocks and rows in groups, so that each (row group, column block) task
+ * accumulates into a small local array while streaming rows of w, which are contiguous in the
+ * [in, out] layout; a group of rows shares each pass over w. Each output element is the same
+ * sequence of float operations whatever N is, so a row's result does not depend on the batch. */
+enum { MM_BLOCK = 64, MM_ROWS = 4 };
 
 void matmul_forward_cpu(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-    int nblocks = (OC + MM_BLOCK - 1) / MM_BLOCK;
+    int nblocks = (OC + MM_BLOCK - 1) / MM_BLOCK, ngroups = (N + MM_ROWS - 1) / MM_ROWS;
 #pragma omp parallel for collapse(2) schedule(static)
-    for (int n = 0; n < N; n++) {
+    for (int g = 0; g < ngroups; g++) {
         for (int blk = 0; blk < nblocks; blk++) {
-            int o0 = blk * MM_BLOCK;
-            int width = OC - o0 < MM_BLOCK ? OC - o0 : MM_BLOCK;
-            float acc[MM_BLOCK];
-            for (int j = 0; j < width; j++) acc[j] = bias ? bias[o0 + j] : 0.0f;
-            const float *x = inp + (size_t)n * C;
+            int n0 = g * MM_ROWS, rows = N - n0 < MM_ROWS ? N - n0 : MM_ROWS;
+            int o0 = blk * MM_BLOCK, width = OC - o0 < MM_BLOCK ? OC - o0 : MM_BLOCK;
+            float acc[MM_ROWS][MM_BLOCK];
+            for (int r = 0; r < rows; r++)
+                for (int j = 0; j < width; j++) acc[r][j] = bias ? bias[o0 + j] : 0.0f;
             for (int i = 0; i < C; i++) {
-                float xi = x[i];
                 const float *wr = w + (size_t)i * OC + o0;
-                for (int j = 0; j < width; j++) acc[j] += xi * wr[j];
+                for (int r = 0; r < rows; r++) {
+                    float xi = inp[(size_t)(n0 + r) * C + i];
+                    for (int j = 0; j < width; j++) acc[r][j] += xi * wr[j];
+                }
             }
-            memcpy(out + (size_t)n * OC + o0, acc, sizeof(float) * (size_t)width);
+            for (int r = 0; r < rows; r++)
+                memcpy(out + (size_t)(n0 + r) * OC + o0, acc[r], sizeof(float) * (size_t)width);
         }
     }
+}
+
+/* Dot product with 16 independent partial sums, which the compiler keeps in vector registers
+ * (a single running sum cannot be vectorised without fast-math). */
+static float dot(const float *a, const float *b, int n) {
+    float part[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) part[k] += a[i + k] * b[i + k];
+    float s = 0.0f;
+    for (; i < n; i++) s += a[i] * b[i];
+    for (int k = 0; k < 16; k++) s += part[k];
+    return s;
 }
 
 void matmul_nt_forward_cpu(float *out, const float *inp, const float *w, int N, int C, int OC) {
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < OC; o++) {
         const float *wr = w + (size_t)o * C;
-        for (int n = 0; n < N; n++) {
-            const float *x = inp + (size_t)n * C;
-            float acc = 0.0f;
-            for (int i = 0; i < C; i++) acc += x[i] * wr[i];
-            out[(size_t)n * OC + o] = acc;
-        }
+        for (int n = 0; n < N; n++) out[(size_t)n * OC + o] = dot(inp + (size_t)n * C, wr, C);
     }
 }
 
@@ -121,10 +134,7 @@ int attention_forward_cpu(float *out, const float *q, int q_stride, const float 
                 int len = pos + t + 1; /* causal: keys 0 .. pos+t */
                 float mx = -INFINITY;
                 for (int j = 0; j < len; j++) {
-                    const float *kv = kh + (size_t)j * HS;
-                    float s = 0.0f;
-                    for (int d = 0; d < HS; d++) s += qv[d] * kv[d];
-                    s *= scale;
+                    float s = dot(qv, kh + (size_t)j * HS, HS) * scale;
                     att[j] = s;
                     if (s > mx) mx = s;
                 }

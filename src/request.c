@@ -138,7 +138,13 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
                 goto fail;
             }
         } else {
-            st = gpt2_fail(err, GPT2_ERR_ARG, "unknown field \"%.64s\"", key);
+            /* quote at most 64 bytes, cut on a UTF-8 boundary so the message stays valid text */
+            int k = (int)strlen(key);
+            if (k > 64) {
+                k = 64;
+                while (k > 0 && ((unsigned char)key[k] & 0xC0) == 0x80) k--;
+            }
+            st = gpt2_fail(err, GPT2_ERR_ARG, "unknown field \"%.*s\"", k, key);
             goto fail;
         }
     }

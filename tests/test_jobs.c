@@ -178,7 +178,8 @@ static const char *const PROMPTS[] = {
 };
 
 /* N_REQ requests with distinct ids, seeds and sampling settings; enough tokens that a batch of two
- * takes a while, few enough that prompt + max_tokens stays within the context. */
+ * takes a while, few enough that prompt + max_tokens stays within the context. Every tenth request
+ * has no id: its records carry "id": null and its line number, which --resume goes by. */
 static void write_requests(const workdir *w) {
     char *buf = malloc(N_REQ * 256);
     cr_assert(buf);
@@ -188,8 +189,10 @@ static void write_requests(const workdir *w) {
                                : i % 4 == 1 ? "\"temperature\": 0.9, \"top_k\": 40"
                                : i % 4 == 2 ? "\"temperature\": 1.1, \"top_p\": 0.9"
                                             : "\"temperature\": 0.8, \"repetition_penalty\": 1.3";
-        k += (size_t)snprintf(buf + k, 256, "{\"id\": \"r%02d\", \"prompt\": \"%s\", \"max_tokens\": %d, \"seed\": %d, %s}\n",
-                              i, PROMPTS[i % 8], 8 + (i * 5) % 9, 1000 + 17 * i, sampling);
+        char id[32] = "";
+        if (i % 10 != 9) snprintf(id, sizeof id, "\"id\": \"r%02d\", ", i);
+        k += (size_t)snprintf(buf + k, 256, "{%s\"prompt\": \"%s\", \"max_tokens\": %d, \"seed\": %d, %s}\n", id,
+                              PROMPTS[i % 8], 8 + (i * 5) % 9, 1000 + 17 * i, sampling);
     }
     spit(w->in, buf, k);
     free(buf);
@@ -211,6 +214,9 @@ static json_t *load_records(const char *path) {
         cr_assert(rec, "%s: line %zu is not complete JSON (%s): '%.*s'", path, line, e.text, (int)(nl - (s + pos)),
                   s + pos);
         cr_assert(json_is_object(rec) && json_object_get(rec, "id"), "%s: line %zu is not a record", path, line);
+        json_t *id = json_object_get(rec, "id");
+        cr_assert(json_is_string(id) || json_is_integer(id) || json_is_integer(json_object_get(rec, "line")),
+                  "%s: line %zu: a record with \"id\": null must carry its input \"line\"", path, line);
         json_array_append_new(arr, rec);
         pos = (size_t)(nl - s) + 1;
     }
@@ -218,13 +224,21 @@ static json_t *load_records(const char *path) {
     return arr;
 }
 
-static const char *rec_id(json_t *rec) { return json_string_value(json_object_get(rec, "id")); }
+/* What identifies a record: its string id, or "line:N" for a request without one (id null). */
+static const char *rec_id(json_t *rec) {
+    static char buf[32];
+    json_t *id = json_object_get(rec, "id");
+    if (json_is_string(id)) return json_string_value(id);
+    cr_assert(json_is_null(id), "ids here are strings or absent");
+    snprintf(buf, sizeof buf, "line:%lld", (long long)json_integer_value(json_object_get(rec, "line")));
+    return buf;
+}
 
 /* The reference record with this id, or NULL. */
 static json_t *find_id(json_t *recs, const char *id) {
     size_t i;
     json_t *r;
-    json_array_foreach(recs, i, r) if (rec_id(r) && !strcmp(rec_id(r), id)) return r;
+    json_array_foreach(recs, i, r) if (!strcmp(rec_id(r), id)) return r;
     return NULL;
 }
 
@@ -233,8 +247,8 @@ static void check_subset(json_t *got, json_t *ref, const char *what) {
     size_t i;
     json_t *r;
     json_array_foreach(got, i, r) {
-        const char *id = rec_id(r);
-        cr_assert(id, "%s: record %zu has no string id", what, i);
+        char id[32];
+        snprintf(id, sizeof id, "%s", rec_id(r));
         json_t *want = find_id(ref, id);
         cr_assert(want, "%s: unknown id %s", what, id);
         cr_assert(json_equal(r, want), "%s: record %s differs from the uninterrupted run's:\n%s\n%s", what, id,
@@ -262,8 +276,9 @@ static json_t *reference_run(const workdir *w) {
     cr_assert_eq(json_array_size(ref), N_REQ);
     for (int i = 0; i < N_REQ; i++) {
         json_t *r = json_array_get(ref, (size_t)i);
-        char id[8];
-        snprintf(id, sizeof id, "r%02d", i);
+        char id[32];
+        if (i % 10 != 9) snprintf(id, sizeof id, "r%02d", i);
+        else snprintf(id, sizeof id, "line:%d", i + 1);
         cr_assert_str_eq(rec_id(r), id, "records out of input order");
         cr_assert(!json_object_get(r, "error"), "request %s failed: %s", id,
                   json_string_value(json_object_get(r, "error")));
@@ -313,8 +328,11 @@ Test(jobs, sigkill_then_resume, .timeout = 300) {
     cr_assert(n_part >= 3 && n_part < N_REQ, "%zu records after the kill", n_part);
     check_subset(part, ref, "after SIGKILL");
     /* Without interruption records go out in input order: the written ones are a prefix. */
-    for (size_t i = 0; i < n_part; i++)
-        cr_assert_str_eq(rec_id(json_array_get(part, i)), rec_id(json_array_get(ref, i)), "not in input order");
+    for (size_t i = 0; i < n_part; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "%s", rec_id(json_array_get(part, i)));
+        cr_assert_str_eq(id, rec_id(json_array_get(ref, i)), "not in input order");
+    }
     json_decref(part);
 
     resume_and_check(&w, ref, "SIGKILL + --resume");
@@ -415,7 +433,7 @@ static const char LONG_PROMPT[] =
 
 typedef struct {
     int line;
-    const char *id;    /* string id of the record, or NULL: the line number is the id */
+    const char *id;    /* string id of the record; NULL: "id" null, or "9" for the integer 9 */
     const char *error; /* substring of the error, or NULL for a request that runs */
 } expect;
 
@@ -438,7 +456,8 @@ static void write_mixed(const workdir *w) {
                      "{\"id\": \"huge\", \"prompt\": \"a\", \"max_tokens\": 123456789012345678901234567890}\n"
                      "{\"id\": \"dupkey\", \"prompt\": \"a\", \"prompt\": \"b\"}\n"            /* 13 */
                      "{\"id\": \"big\", \"prompt\": \"a\", \"max_tokens\": 9223372036854775807}\n" /* 14 */
-                     "{\"id\": \"ok2\", \"prompt\": \"Last one\", \"max_tokens\": 3, \"seed\": 2}\n", /* 15 */
+                     "{\"id\": \"ok2\", \"prompt\": \"Last one\", \"max_tokens\": 3, \"seed\": 2}\n" /* 15 */
+                     "{\"id\": 9, \"prompt\": \"Nine\", \"max_tokens\": 2}\n", /* 16: id 9 is not line 9's */
                      LONG_PROMPT);
     cr_assert(k > 0 && k < 8192);
     spit(w->in, buf, (size_t)k);
@@ -460,6 +479,7 @@ static const expect MIXED[] = {
     {13, NULL, "JSON"},  /* duplicate key */
     {14, "big", "max_tokens"},
     {15, "ok2", NULL},
+    {16, "9", NULL},
 };
 #define N_MIXED (sizeof MIXED / sizeof *MIXED)
 
@@ -480,9 +500,11 @@ static void check_mixed(const workdir *w, int truncate) {
         const expect *e = &MIXED[i];
         json_t *r = json_array_get(recs, i); /* in input order */
         json_t *id = json_object_get(r, "id");
-        if (e->id) cr_assert(json_is_string(id) && !strcmp(json_string_value(id), e->id), "line %d: id", e->line);
-        else cr_assert(json_is_integer(id) && json_integer_value(id) == e->line, "line %d: id should be %d", e->line,
-                       e->line);
+        if (e->id && !strcmp(e->id, "9")) cr_assert(json_is_integer(id) && json_integer_value(id) == 9, "line 16: id");
+        else if (e->id) cr_assert(json_is_string(id) && !strcmp(json_string_value(id), e->id), "line %d: id", e->line);
+        else cr_assert(json_is_null(id), "line %d: a line without a readable id gets \"id\": null", e->line);
+        if (!e->id || json_object_get(r, "error"))
+            cr_assert_eq(json_integer_value(json_object_get(r, "line")), e->line, "line %d: \"line\"", e->line);
         const char *error = json_string_value(json_object_get(r, "error"));
         int runs = !e->error || (truncate && e->line == 2);
         if (!runs) {
@@ -529,15 +551,17 @@ Test(jobs, error_records_with_truncate, .timeout = 300) {
     workdir_remove(&w);
 }
 
-/* An unknown field whose name is cut inside a UTF-8 sequence by the error message must still give an
- * error record (the message goes into JSON), not end the whole job. */
-Test(jobs, error_record_for_unknown_non_ascii_field, .timeout = 120) {
+/* Error messages that quote the input can cut a UTF-8 sequence (an unknown field's name cut at 64
+ * bytes; jansson quoting a bad escape up to the first byte of the character after it). The message
+ * goes into a JSON record, so it must still be written as one, not end the whole job. */
+Test(jobs, error_records_for_messages_quoting_non_ascii, .timeout = 120) {
     workdir w;
     workdir_make(&w);
     char line[512];
     int k = snprintf(line, sizeof line,
                      "{\"id\": \"ok\", \"prompt\": \"Hello\", \"max_tokens\": 2}\n"
-                     "{\"id\": \"u\", \"prompt\": \"p\", \"%s\\u00e9\": 1}\n",
+                     "{\"id\": \"u\", \"prompt\": \"p\", \"%s\\u00e9\": 1}\n"
+                     "{\"id\": \"x\", \"prompt\": \"\\\xc3\xa9\"}\n",
                      "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk" /* 63 bytes */);
     spit(w.in, line, (size_t)k);
     args a;
@@ -546,9 +570,13 @@ Test(jobs, error_record_for_unknown_non_ascii_field, .timeout = 120) {
     char *err = slurp(w.err, NULL);
     cr_assert_eq(rc, 1, "exit status %d: %s", rc, err);
     json_t *recs = load_records(w.out);
-    cr_assert_eq(json_array_size(recs), 2, "%zu records (want 2); stderr: %s", json_array_size(recs), err);
-    const char *msg = json_string_value(json_object_get(json_array_get(recs, 1), "error"));
-    cr_assert(msg && strstr(msg, "unknown field"), "second record: %s", json_dumps(json_array_get(recs, 1), 0));
+    cr_assert_eq(json_array_size(recs), 3, "%zu records (want 3); stderr: %s", json_array_size(recs), err);
+    cr_assert(json_object_get(json_array_get(recs, 0), "tokens"), "the good line did not run");
+    for (size_t i = 1; i < 3; i++) {
+        json_t *r = json_array_get(recs, i);
+        cr_assert(json_string_value(json_object_get(r, "error")), "line %zu: %s", i + 1, json_dumps(r, 0));
+        cr_assert_eq(json_integer_value(json_object_get(r, "line")), (json_int_t)i + 1);
+    }
     free(err);
     json_decref(recs);
     workdir_remove(&w);

@@ -8,7 +8,11 @@
  *     holds none, both modes give the same ids (which also checks that the tokenizer's internal
  *     scratch and caches do not leak state from one call into the next).
  * The tokenizer is loaded once from tests/data/gpt2-tokenizer (run from the repository root), or from
- * $GPT2_FUZZ_TOKENIZER, or relative to the binary (build-fuzz/../tests/data/gpt2-tokenizer). */
+ * $GPT2_FUZZ_TOKENIZER, or relative to the binary (build-fuzz/../tests/data/gpt2-tokenizer).
+ *
+ * With $GPT2_FUZZ_DUMP set to a file name, every input and its ids in both modes are appended to that
+ * file as JSON lines {"hex", "ids0", "ids1"}: tests/fuzz/tiktoken_diff.py runs a corpus through this
+ * and compares the ids with tiktoken's, the independent oracle that the round trip cannot be. */
 #include <libgen.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,6 +22,7 @@
 #include "util.h"
 
 static gpt2_tokenizer *g_tok;
+static FILE *g_dump;
 static const char EOT[] = "<|endoftext|>";
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -43,6 +48,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     if (!g_tok) {
         fprintf(stderr, "fuzz_encode_decode: tests/data/gpt2-tokenizer not found; run from the repository root "
                         "or set GPT2_FUZZ_TOKENIZER\n");
+        abort();
+    }
+    const char *dump = getenv("GPT2_FUZZ_DUMP");
+    if (dump && *dump && !(g_dump = fopen(dump, "a"))) {
+        perror(dump);
         abort();
     }
     FUZZ_CHECK(gpt2_tokenizer_n_vocab(g_tok) == 50257 && gpt2_tokenizer_eot(g_tok) == 50256, "not GPT-2's vocab");
@@ -88,10 +98,25 @@ static int *encode_checked(const uint8_t *data, size_t size, int allow_special, 
     return ids;
 }
 
+static void dump_ids(const char *key, const int *ids, size_t n) {
+    fprintf(g_dump, ", \"%s\": [", key);
+    for (size_t i = 0; i < n; i++) fprintf(g_dump, i ? ",%d" : "%d", ids[i]);
+    fprintf(g_dump, "]");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n0 = 0, n1 = 0;
     int *ids0 = encode_checked(data, size, 0, &n0);
     int *ids1 = encode_checked(data, size, 1, &n1);
+    if (g_dump) {
+        fprintf(g_dump, "{\"hex\": \"");
+        for (size_t i = 0; i < size; i++) fprintf(g_dump, "%02x", data[i]);
+        fprintf(g_dump, "\"");
+        dump_ids("ids0", ids0, n0);
+        dump_ids("ids1", ids1, n1);
+        fprintf(g_dump, "}\n");
+        fflush(g_dump);
+    }
     if (count_eot(data, size) == 0)
         FUZZ_CHECK(n0 == n1 && (n0 == 0 || memcmp(ids0, ids1, n0 * sizeof *ids0) == 0),
                    "ids differ between allow_special 0 and 1 on text without <|endoftext|>");
