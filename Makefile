@@ -64,8 +64,10 @@ $(BUILD)/test_gpt2: $(TEST_OBJS) $(BUILD)/libgpt2.a
 
 # The tests find the fixtures and the CLI relative to the repository root.
 TEST_ARGS ?=
+# Criterion's own summary does not count skips, so a closing line from its JSON report does.
 test: $(BUILD)/gpt2 $(BUILD)/test_gpt2
-	GPT2_BIN=$(BUILD)/gpt2 $(BUILD)/test_gpt2 $(TEST_ARGS)
+	GPT2_BIN=$(BUILD)/gpt2 $(BUILD)/test_gpt2 --json=$(BUILD)/test-report.json $(TEST_ARGS); rc=$$?; \
+	python3 tools/test_summary.py $(BUILD)/test-report.json && exit $$rc
 
 # The CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
 asan:
@@ -110,6 +112,6 @@ gpu-check:
 	bash tools/gpu_check.sh
 
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-fuzz build-gpu
 
 -include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d)

@@ -17,6 +17,7 @@ typedef struct {
     float *fch;    /* (N, 4C) MLP hidden, GELU applied in place */
     float *lnf;    /* (R, C) final layernorm of the rows whose logits are wanted */
     float *logits; /* (R, V); R = N when all_logits is allowed, else max_slots */
+    float *work;   /* (V) a row of logits for the sampler to change, so logits stay as computed */
     int *tokens;   /* (N) */
     int *pos;      /* (N) */
     int *rows;     /* (R) index into the N tokens of each logits row */
@@ -36,6 +37,7 @@ static void cpu_state_free(cpu_state *s) {
     free(s->fch);
     free(s->lnf);
     free(s->logits);
+    free(s->work);
     free(s->tokens);
     free(s->pos);
     free(s->rows);
@@ -132,7 +134,10 @@ static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int
     int V = be->model->cfg.vocab_size;
     if (n < 0 || n > s->n_rows)
         return gpt2_fail(err, GPT2_ERR_ARG, "sample: %d rows asked, the last forward made %d", n, s->n_rows);
-    for (int i = 0; i < n; i++) out_tokens[i] = gpt2_sample_row(s->logits + (size_t)i * V, V, &reqs[i], &s->scratch);
+    for (int i = 0; i < n; i++) {
+        memcpy(s->work, s->logits + (size_t)i * V, sizeof(float) * (size_t)V);
+        out_tokens[i] = gpt2_sample_row(s->work, V, &reqs[i], &s->scratch);
+    }
     return GPT2_OK;
 }
 
@@ -166,12 +171,13 @@ gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts
     s->fch = alloc_floats(N, 4 * C);
     s->lnf = alloc_floats(R, C);
     s->logits = alloc_floats(R, V);
+    s->work = alloc_floats(V, 1);
     s->tokens = malloc(sizeof(int) * N);
     s->pos = malloc(sizeof(int) * N);
     s->rows = malloc(sizeof(int) * R);
     s->kcache = alloc_floats(cache_floats, 1);
     s->vcache = alloc_floats(cache_floats, 1);
-    if (!s->x || !s->ln || !s->qkv || !s->atty || !s->tmp || !s->fch || !s->lnf || !s->logits || !s->tokens ||
+    if (!s->x || !s->ln || !s->qkv || !s->atty || !s->tmp || !s->fch || !s->lnf || !s->logits || !s->work || !s->tokens ||
         !s->pos || !s->rows || !s->kcache || !s->vcache || gpt2_sample_scratch_init(&s->scratch, c->vocab_size))
         goto nomem;
     if (opts->n_threads > 0) omp_set_num_threads(opts->n_threads);

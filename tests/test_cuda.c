@@ -843,7 +843,7 @@ static void check_16bit(gpt2_dtype dt, double atol, double rtol) {
         float *ref = full_logits(m, ids, T);
         gpt2_backend *be = gpu_backend(m, 1, T, T, dt);
         float *got = forward_all(be, ids, T, V);
-        double worst = 0;
+        double worst = 0, worst_ratio = 0;
         int gated = 0, agree = 0;
         for (int t = 0; t < T; t++) {
             const float *r = ref + (size_t)t * V, *o = got + (size_t)t * V;
@@ -855,6 +855,7 @@ static void check_16bit(gpt2_dtype dt, double atol, double rtol) {
                 cr_assert(d <= tol, "%s %s position %d column %d: %.6f vs fp32 cpu %.6f", fixture_models[i],
                           dtype_name(dt), t, v, o[v], r[v]);
                 worst = fmax(worst, d);
+                worst_ratio = fmax(worst_ratio, d / tol);
             }
             int b = argmax_row(r, V);
             double second = -INFINITY;
@@ -867,8 +868,9 @@ static void check_16bit(gpt2_dtype dt, double atol, double rtol) {
                              fixture_models[i], dtype_name(dt), t, argmax_row(o, V), b, r[b] - second);
             }
         }
-        cr_log_info("%s %s: max |logit - fp32 cpu| = %.3g; top-1 agrees on %d/%d positions (%d with a clear margin)",
-                    fixture_models[i], dtype_name(dt), worst, agree, T, gated);
+        cr_log_info("%s %s: max |logit - fp32 cpu| = %.3g (%.0f%% of the tolerance); top-1 agrees on %d/%d positions "
+                    "(%d with a clear margin)",
+                    fixture_models[i], dtype_name(dt), worst, 100 * worst_ratio, agree, T, gated);
         free(got);
         free(ref);
         free(ids);
@@ -884,7 +886,7 @@ Test(cuda_backend, fp16_logits_close_to_fp32) {
 
 Test(cuda_backend, bf16_logits_close_to_fp32) {
     REQUIRE_GPU();
-    check_16bit(GPT2_DTYPE_BF16, 3e-2, 5e-2);
+    check_16bit(GPT2_DTYPE_BF16, 5e-2, 8e-2);
 }
 
 typedef struct {

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 MODELS = os.path.join(ROOT, "tests", "data", "models")
 TOKDIR = os.path.join(ROOT, "tests", "data", "gpt2-tokenizer")
 SEP = b"\n#merges#\n"  # must match fuzz_tokenizer_load.c
+FILE_SEP = b"\n#file#\n"  # must match fuzz_model.c
 
 
 def write(corpus, name, data):
@@ -69,6 +70,14 @@ def safetensors_seeds():
         "p": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]},
         "q": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [1, 4]},
         "r": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [4, 5]}}, b"\x12\x34\x56\x78\x9a"))
+    # Error paths that random mutation rarely reaches: 64-bit overflow of the element count and of
+    # the byte size, a header that is JSON but not an object.
+    write("safetensors", "shape-overflow",
+          st_raw({"x": {"dtype": "F32", "shape": [9223372036854775807, 4], "data_offsets": [0, 4]}}, b"\0" * 4))
+    write("safetensors", "bytes-overflow",
+          st_raw({"x": {"dtype": "F64", "shape": [4611686018427387904], "data_offsets": [0, 8]}}, b"\0" * 8))
+    h = b"[]"
+    write("safetensors", "header-array", struct.pack("<Q", len(h)) + h)
     # The fixture checkpoints: their headers alone (data missing), and the same tensor table with every
     # dimension cut to at most 2 so that a valid file stays small.
     for path in sorted(glob.glob(os.path.join(MODELS, "*", "*.safetensors"))):
@@ -165,6 +174,55 @@ def tokenizer_seeds():
     write("tokenizer_load", "empty", SEP)
 
 
+def model_params(rng, prefix="", lm_head=None, buffers=False):
+    """The parameters of fuzz_model.c's config (L 2, C 4, NH 2, V 8, maxT 4), Conv1D layout."""
+    C, V, T = 4, 8, 4
+    shapes = {"wte.weight": (V, C), "wpe.weight": (T, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for l in range(2):
+        for name, shape in {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C),
+                            "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+                            "ln_2.weight": (C,), "ln_2.bias": (C,), "mlp.c_fc.weight": (C, 4 * C),
+                            "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C),
+                            "mlp.c_proj.bias": (C,)}.items():
+            shapes[f"h.{l}.{name}"] = shape
+        if buffers:
+            shapes[f"h.{l}.attn.bias"] = (1, 1, T, T)
+    params = {prefix + k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    if lm_head == "tied":
+        params["lm_head.weight"] = params[prefix + "wte.weight"].copy()
+    elif lm_head == "untied":
+        params["lm_head.weight"] = rng.standard_normal((V, C)).astype(np.float32)
+    return params
+
+
+def bf16_file(params):
+    """A BF16 safetensors image (numpy has no bfloat16): the top 16 bits of each float32."""
+    header, blobs, off = {}, [], 0
+    for name in sorted(params):
+        a = params[name]
+        raw = (a.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    return st_raw(header, b"".join(blobs))
+
+
+def model_seeds():
+    clear("model")
+    rng = np.random.default_rng(2)
+    write("model", "f32-hub-tied", save(model_params(rng)))
+    write("model", "f16-save-pretrained-tied-head",
+          save({k: v.astype(np.float16) for k, v in model_params(rng, "transformer.", "tied").items()}))
+    write("model", "f32-untied-buffers", save(model_params(rng, lm_head="untied", buffers=True)))
+    write("model", "bf16-hub", bf16_file(model_params(rng)))
+    params = model_params(rng, lm_head="untied")
+    names = sorted(params)
+    shards = {"s1.safetensors": names[: len(names) // 2], "s2.safetensors": names[len(names) // 2:]}
+    index = {"metadata": {"total_size": 0}, "weight_map": {n: f for f, ns in shards.items() for n in ns}}
+    write("model", "sharded-2", json.dumps(index).encode() + FILE_SEP +
+          FILE_SEP.join(save({n: params[n] for n in ns}) for ns in shards.values()))
+
+
 TEXTS = {
     "english": "Hello, world! It's a test: don't panic. 12345 + 678 = 13023?\n",
     "spaces": "  leading and   inner   spaces\t\ttabs\n\n\nnewlines   \r\n trailing  ",
@@ -205,3 +263,4 @@ if __name__ == "__main__":
     request_seeds()
     tokenizer_seeds()
     text_seeds()
+    model_seeds()
