@@ -20,6 +20,28 @@ json_t *golden_load(const char *name);
 /* json array of integers -> malloc'ed int array. */
 int *json_ints(json_t *arr, int *n);
 
+/* Loads FIXTURES/name (asserts on failure). */
+gpt2_model *load_fixture(const char *name);
+
+/* Makes a backend with all_logits on: S slots of maxT positions, N tokens per forward. */
+typedef gpt2_backend *(*backend_maker)(const gpt2_model *m, int S, int maxT, int N);
+
+/* Logits (T, V) of ids through one full forward of be (slot 0); malloc'ed. */
+float *forward_all(gpt2_backend *be, const int *ids, int T);
+
+/* Index of the largest of x[0..n), ties to the lowest. */
+int argmax_row(const float *x, int n);
+
+/* Random token ids in 0..V-1 from a seeded stream. */
+void random_ids(int *ids, int n, int V, uint64_t seed);
+
+/* Every golden case's logits through a backend from `make` against transformers' (within atol), and
+ * top-1 over the whole vocabulary; returns the largest difference seen. */
+double check_golden_logits(const char *name, backend_maker make, double atol, const char *label);
+
+/* Greedy continuations of every golden case, continuously batched over 3 slots, equal transformers'. */
+void check_golden_greedy(const char *name, backend_maker make, const char *label);
+
 /* A CPU backend on model m: S slots of maxT positions, N tokens per forward, all_logits on. */
 gpt2_backend *cpu_backend(const gpt2_model *m, int S, int maxT, int N);
 

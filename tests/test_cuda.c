@@ -720,15 +720,6 @@ Test(cuda_kernels, sample_matches_cpu_sampler) {
 /* ---------------------------------------------------------------------------------------------- */
 /* The backend                                                                                      */
 
-static gpt2_model *load_fixture(const char *name) {
-    char dir[256];
-    snprintf(dir, sizeof dir, "%s/%s", FIXTURES, name);
-    gpt2_model *m = NULL;
-    gpt2_error err = {0};
-    cr_assert_eq(gpt2_model_load(dir, &m, &err), GPT2_OK, "%s: %s", dir, err.msg);
-    return m;
-}
-
 static gpt2_backend *gpu_backend(const gpt2_model *m, int S, int maxT, int N, gpt2_dtype dt) {
     gpt2_backend_opts o = {.max_slots = S, .max_seq = maxT, .max_tokens = N, .all_logits = 1, .dtype = dt};
     gpt2_backend *be = NULL;
@@ -738,73 +729,14 @@ static gpt2_backend *gpu_backend(const gpt2_model *m, int S, int maxT, int N, gp
     return be;
 }
 
-/* Logits (T, V) of ids through a backend's one full forward (slot 0); malloc'ed. */
-static float *forward_all(gpt2_backend *be, const int *ids, int T, int V) {
-    gpt2_error err = {0};
-    gpt2_chunk ch = {.slot = 0, .pos = 0, .n = T, .tokens = ids};
-    float *out = malloc(sizeof(float) * (size_t)T * (size_t)V);
-    cr_assert(out);
-    cr_assert_eq(be->forward(be, &ch, 1, 1, &err), GPT2_OK, "%s", err.msg);
-    cr_assert_eq(be->read_logits(be, out, T, &err), GPT2_OK, "%s", err.msg);
-    return out;
-}
-
-static void random_ids(int *ids, int n, int V, uint64_t seed) {
-    uint64_t s = seed;
-    for (int i = 0; i < n; i++) ids[i] = (int)(trand(&s) % (uint64_t)V);
-}
-
-static int argmax_row(const float *x, int V) {
-    int best = 0;
-    for (int v = 1; v < V; v++)
-        if (x[v] > x[best]) best = v;
-    return best;
-}
-
-/* fp32 GPU logits against transformers' (golden files): the same bound the CPU backend meets. */
-static void check_golden_logits(const char *name) {
-    gpt2_model *m = load_fixture(name);
-    json_t *g = golden_load(name);
-    json_t *cases = json_object_get(g, "cases");
-    const int V = m->cfg.vocab_size;
-    gpt2_backend *be = gpu_backend(m, 1, m->cfg.n_positions, m->cfg.n_positions, GPT2_DTYPE_F32);
-    double worst = 0;
-    for (size_t c = 0; c < json_array_size(cases); c++) {
-        json_t *cs = json_array_get(cases, c);
-        int T, n_cols;
-        int *ids = json_ints(json_object_get(cs, "ids"), &T);
-        int *cols = json_ints(json_object_get(cs, "cols"), &n_cols);
-        json_t *rows = json_object_get(cs, "logits");
-        cr_assert_eq((int)json_array_size(rows), T);
-        float *ours = forward_all(be, ids, T, V);
-        for (int t = 0; t < T; t++) {
-            json_t *row = json_array_get(rows, (size_t)t);
-            int best_ref = 0;
-            for (int k = 0; k < n_cols; k++) {
-                double ref = json_number_value(json_array_get(row, (size_t)k));
-                double got = ours[(size_t)t * V + cols[k]];
-                double d = fabs(got - ref);
-                if (d > worst) worst = d;
-                cr_assert(d <= 2e-4, "%s case %zu position %d column %d: cuda %.7f, transformers %.7f", name, c, t,
-                          cols[k], got, ref);
-                if (ref > json_number_value(json_array_get(row, (size_t)best_ref))) best_ref = k;
-            }
-            cr_assert_eq(argmax_row(ours + (size_t)t * V, V), cols[best_ref], "%s case %zu position %d: argmax", name,
-                         c, t);
-        }
-        free(ours);
-        free(ids);
-        free(cols);
-    }
-    cr_log_info("%s (cuda fp32): max |logit - transformers| = %.3g", name, worst);
-    gpt2_backend_free(be);
-    json_decref(g);
-    gpt2_model_free(m);
+static gpt2_backend *gpu_f32(const gpt2_model *m, int S, int maxT, int N) {
+    return gpu_backend(m, S, maxT, N, GPT2_DTYPE_F32);
 }
 
 Test(cuda_backend, fp32_logits_match_transformers) {
     REQUIRE_GPU();
-    for (int i = 0; i < n_fixture_models; i++) check_golden_logits(fixture_models[i]);
+    /* the same bound the CPU backend meets */
+    for (int i = 0; i < n_fixture_models; i++) check_golden_logits(fixture_models[i], gpu_f32, 2e-4, "cuda fp32");
 }
 
 /* fp32 against the CPU backend on random ids, the whole context: tight. */
@@ -817,7 +749,7 @@ Test(cuda_backend, fp32_logits_match_cpu_backend) {
         random_ids(ids, T, V, 20 + (uint64_t)i);
         float *ref = full_logits(m, ids, T);
         gpt2_backend *be = gpu_backend(m, 2, T, T, GPT2_DTYPE_F32);
-        float *got = forward_all(be, ids, T, V);
+        float *got = forward_all(be, ids, T);
         char what[96];
         snprintf(what, sizeof what, "%s: cuda fp32 vs cpu, all %d positions", fixture_models[i], T);
         assert_close(got, ref, (size_t)T * V, (tol_t){1e-4, 1e-4}, what);
@@ -842,7 +774,7 @@ static void check_16bit(gpt2_dtype dt, double atol, double rtol) {
         random_ids(ids, T, V, 40 + (uint64_t)i);
         float *ref = full_logits(m, ids, T);
         gpt2_backend *be = gpu_backend(m, 1, T, T, dt);
-        float *got = forward_all(be, ids, T, V);
+        float *got = forward_all(be, ids, T);
         double worst = 0, worst_ratio = 0;
         int gated = 0, agree = 0;
         for (int t = 0; t < T; t++) {
@@ -889,71 +821,18 @@ Test(cuda_backend, bf16_logits_close_to_fp32) {
     check_16bit(GPT2_DTYPE_BF16, 5e-2, 8e-2);
 }
 
-typedef struct {
-    int tokens[1024];
-    int n;
-} collected;
-
-static int collect_finish(void *user, int req, const int *tokens, int n, const char *text, size_t n_text,
-                          gpt2_finish reason) {
-    collected *c = (collected *)user + req;
-    memcpy(c->tokens, tokens, sizeof(int) * (size_t)n);
-    c->n = n;
-    return 0;
-}
-
-/* Greedy continuations through the scheduler (continuous batching over 3 slots, so decode batches of
- * 1..3 rows and their graph buckets) equal transformers' generate(). */
-static void check_greedy(const char *name) {
-    char dir[256];
-    snprintf(dir, sizeof dir, "%s/%s", FIXTURES, name);
-    gpt2_model *m = load_fixture(name);
-    gpt2_tokenizer *tok = NULL;
-    gpt2_error err = {0};
-    cr_assert_eq(gpt2_tokenizer_load(dir, &tok, &err), GPT2_OK, "%s", err.msg);
-    json_t *g = golden_load(name);
-    json_t *cases = json_object_get(g, "cases");
-    int n = (int)json_array_size(cases);
-    gpt2_request reqs[16];
-    int *want[16], n_want[16];
-    cr_assert_leq(n, 16);
-    for (int i = 0; i < n; i++) {
-        json_t *cs = json_array_get(cases, (size_t)i);
-        reqs[i] = (gpt2_request){.sampling = gpt2_sampling_default()};
-        reqs[i].prompt = json_ints(json_object_get(cs, "ids"), &reqs[i].n_prompt);
-        want[i] = json_ints(json_object_get(cs, "greedy"), &n_want[i]);
-        reqs[i].max_tokens = n_want[i];
-    }
-    gpt2_backend *be = gpu_backend(m, 3, m->cfg.n_positions, 64, GPT2_DTYPE_F32);
-    collected *got = calloc((size_t)n, sizeof *got);
-    gpt2_gen_callbacks cb = {.user = got, .on_finish = collect_finish};
-    cr_assert_eq(gpt2_generate(be, tok, -1, reqs, n, &cb, &err), GPT2_OK, "%s", err.msg);
-    for (int i = 0; i < n; i++) {
-        cr_assert_eq(got[i].n, n_want[i], "%s case %d: %d tokens, want %d", name, i, got[i].n, n_want[i]);
-        for (int k = 0; k < n_want[i]; k++)
-            cr_assert_eq(got[i].tokens[k], want[i][k], "%s case %d token %d: cuda %d, transformers %d", name, i, k,
-                         got[i].tokens[k], want[i][k]);
-        free((void *)reqs[i].prompt);
-        free(want[i]);
-    }
-    free(got);
-    gpt2_backend_free(be);
-    json_decref(g);
-    gpt2_tokenizer_free(tok);
-    gpt2_model_free(m);
-}
-
 Test(cuda_backend, greedy_matches_transformers) {
     REQUIRE_GPU();
-    check_greedy("tiny");
-    check_greedy("small");
-    check_greedy("small-untied-sharded");
+    /* continuous batching over 3 slots: decode batches of 1..3 rows and their graph buckets */
+    check_golden_greedy("tiny", gpu_f32, "cuda");
+    check_golden_greedy("small", gpu_f32, "cuda");
+    check_golden_greedy("small-untied-sharded", gpu_f32, "cuda");
 }
 
 Test(cuda_backend, greedy_matches_transformers_without_graphs) {
     REQUIRE_GPU();
     cr_assert_eq(setenv("GPT2_CUDA_GRAPHS", "0", 1), 0); /* this test's own process */
-    check_greedy("small");
+    check_golden_greedy("small", gpu_f32, "cuda, no graphs");
 }
 
 /* Prefill 7 tokens, then one token per step to the end of the context: every step's logits equal the
@@ -964,7 +843,7 @@ static void check_incremental(void) {
     int *ids = malloc(sizeof(int) * (size_t)T);
     random_ids(ids, T, V, 5);
     gpt2_backend *be = gpu_backend(m, 2, T, T, GPT2_DTYPE_F32);
-    float *full = forward_all(be, ids, T, V); /* slot 0 */
+    float *full = forward_all(be, ids, T); /* slot 0 */
     gpt2_error err = {0};
     float *row = malloc(sizeof(float) * (size_t)V);
     const int prefill = 7;
