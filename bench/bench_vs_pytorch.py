@@ -403,7 +403,7 @@ def build_table(args, models):
                     r_hf = f"{x['e2e_tok_s'] / h['e2e_tok_s']:.2f}" if h else ""
                     r_hfc = f"{x['e2e_tok_s'] / hc['e2e_tok_s']:.2f}" if hc else ""
                     if B == 1 and fl and fl.get("decode_tok_s"):
-                        r_floor = f"{x['decode_tok_s'] / fl['decode_tok_s']:.2f}"
+                        r_floor = f"{x['decode_tok_s'] / fl['decode_tok_s']:.3g}"
                 rows.append([mname, B, sname, fmt(x["prefill_tok_s"]), fmt(x["decode_tok_s"]),
                              fmt(x["decode_step_ms_median"], ".3f"), fmt(x["e2e_tok_s"]), r_hf, r_hfc, r_floor])
     return head, rows
@@ -419,7 +419,7 @@ def table_text(head, rows):
 def table_md(head, rows):
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i != 2 and i != 0 else "---"
                                                             for i in range(len(head))) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(c).strip() for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -428,6 +428,7 @@ def plot(args, models, png):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = list(models)
     fig, axes = plt.subplots(2, len(names), figsize=(6.5 * len(names), 9), squeeze=False)
@@ -446,6 +447,8 @@ def plot(args, models, png):
                     ax.plot([b for b, _ in pts], [x[metric] for _, x in pts], marker="o", label=sname)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(args.batch)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.set_xlabel("batch size")
             ax.set_ylabel(label)
             ax.set_title(f"{mname}: {label}\nprompt {args.prompt_len}, gen {args.gen_len}, {models[mname]['device']}",

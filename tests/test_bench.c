@@ -183,8 +183,8 @@ Test(bench, generation_matches_transformers_greedy) {
     static const int max_tokens[] = {8, 62};
     for (size_t k = 0; k < 2; k++) {
         snprintf(args, sizeof args,
-                 "--model " SMALL " --device cpu --threads 1 --batch 1,2 --prompt-len 31 --gen-len %d --warmup 0 --max-tokens %d "
-                 "--prompt-ids %s --json %s",
+                 "--model " SMALL " --device cpu --threads 1 --batch 1,2 --prompt-len 31 --gen-len %d --warmup 0 "
+                 "--max-tokens %d --prompt-ids %s --json %s",
                  n_want, max_tokens[k], path, json_path);
         cr_assert_eq(run_bench(args, 0, NULL), 0, "bench %s failed", args);
         json_error_t e;

@@ -8,8 +8,11 @@
  *     records it wrote are finished ones (equal to the uninterrupted run's), and --resume completes;
  *   - resumes from an output whose last line was torn, and resumes a job that is already complete;
  *   - feeds it bad lines (prompt over the context, bad sampling values, empty prompt, non-object,
- *     invalid UTF-8, huge integer, duplicate key): each gets an error record naming its line and
- *     field, the others still run, and the exit status is 1; --truncate makes the long prompt run.
+ *     invalid UTF-8, huge integer, duplicate key, messages that quote non-ASCII input): each gets an
+ *     error record naming its line and field, the others still run, and the exit status is 1;
+ *     --truncate makes the long prompt run; max_tokens past the context fills it, "length";
+ *   - writes to a full disk (/dev/full): one error naming the file, status 1.
+ * Every tenth request has no id, so resumption by line number ("id": null, "line": N) is covered too.
  * The reference for "equal" is the CLI's own uninterrupted run: these tests check that interruption
  * and resumption change nothing, not the tokens themselves (test_generate.c checks those against
  * transformers). */
