@@ -172,6 +172,7 @@ def tokenizer_seeds():
     write("tokenizer_load", "bytes-plus-one", json.dumps(tiny).encode() + SEP + b"#version: 0.2\n\xc4\xa0 t\n")
     write("tokenizer_load", "bad-merge", json.dumps(tiny).encode() + SEP + b"#version: 0.2\nx y\n")
     write("tokenizer_load", "empty", SEP)
+    write("tokenizer_load", "vocab-not-object", b'["!", "a"]' + SEP)
 
 
 def model_params(rng, prefix="", lm_head=None, buffers=False):
