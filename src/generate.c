@@ -1,6 +1,7 @@
 /* generate.c: continuous batching over the backend's slots (see generate.h). */
 #include "generate.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +127,23 @@ static int take_token(sched *s, slot_state *sl, int token, gpt2_error *err, gpt2
     return emit(s, sl, utf8_safe_prefix(sl->text, safe));
 }
 
+/* The backend's sampler found a non-finite logits row for this slot's request: that request fails
+ * alone (reported through on_error, its slot freed), since a token drawn from NaNs would be garbage
+ * passed off as output. Returns nonzero to abort (no on_error, or the callback asked to). */
+static int fail_nonfinite(sched *s, slot_state *sl, gpt2_error *err, gpt2_status *st) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "the logits for generated token %d are not finite (NaN or Inf): the model's forward pass broke down",
+             sl->n_gen);
+    int req = sl->req;
+    sl->req = -1;
+    if (!s->cb->on_error) {
+        *st = gpt2_fail(err, GPT2_ERR_FORMAT, "request %d: %s", req, msg);
+        return 1;
+    }
+    return s->cb->on_error(s->cb->user, req, msg);
+}
+
 static void start(sched *s, slot_state *sl, int req) {
     const gpt2_request *r = &s->reqs[req];
     sl->req = req;
@@ -233,6 +251,14 @@ gpt2_status gpt2_generate(gpt2_backend *be, const gpt2_tokenizer *tok, int eot, 
         if (n_full > 0 && (st = be->sample(be, s.sr, n_full, s.sampled, err)) != GPT2_OK) goto out;
         for (int k = 0; k < n_full; k++) {
             slot_state *sl = &s.slots[s.chunk_slot[k]];
+            if (s.sampled[k] == GPT2_SAMPLE_NONFINITE) {
+                active--;
+                if (fail_nonfinite(&s, sl, err, &st)) {
+                    if (st != GPT2_OK) goto out;
+                    goto aborted;
+                }
+                continue;
+            }
             if (take_token(&s, sl, s.sampled[k], err, &st)) {
                 if (st != GPT2_OK) goto out;
                 goto aborted;
