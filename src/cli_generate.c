@@ -390,10 +390,15 @@ static int open_output_locked(const char *path, int resume, FILE **out) {
 /* Replaces `path` by `keep` bytes (the lines --resume keeps) through a locked temporary file renamed
  * over it: a crash leaves the old file or the new one, never a half-written one, and the lock moves
  * with the content. *out becomes the new file. 0 ok, -1 after printing. */
-static int rewrite_output(const char *path, const char *keep, size_t n, FILE **out) {
-    size_t len = strlen(path);
-    char *tmp = malloc(len + 16);
-    if (!tmp) return -1;
+static int rewrite_output(const char *given, const char *keep, size_t n, FILE **out) {
+    char *path = realpath(given, NULL); /* through a symbolic link: replace its target, not the link */
+    size_t len = path ? strlen(path) : 0;
+    char *tmp = path ? malloc(len + 16) : NULL;
+    if (!tmp) {
+        fprintf(stderr, "gpt2 generate: %s: %s\n", given, path ? "out of memory" : strerror(errno));
+        free(path);
+        return -1;
+    }
     snprintf(tmp, len + 16, "%s.tmp-XXXXXX", path);
     int fd = mkostemp(tmp, O_CLOEXEC);
     FILE *f = NULL;
@@ -413,9 +418,11 @@ static int rewrite_output(const char *path, const char *keep, size_t n, FILE **o
             close(fd);
         }
         free(tmp);
+        free(path);
         return -1;
     }
     free(tmp);
+    free(path);
     fclose(*out); /* the old file's lock goes with it */
     *out = f;
     return 0;

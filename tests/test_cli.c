@@ -347,6 +347,11 @@ Test(cli, option_values_are_never_taken_for_options) {
     cr_assert_eq(run_cli("generate --device cpu --model " TINY " --prompt hi -x 2>&1", &out), 2);
     cr_assert(strstr(out, "unknown option '-x'"), "%s", out);
     free(out);
+    /* the other short forms the option tables give: -m DIR, -h */
+    cr_assert_eq(run_cli("generate --device cpu -m " TINY " --prompt hi -n 1 >/dev/null", NULL), 0);
+    cr_assert_eq(run_cli("encode -h", &out), 0);
+    cr_assert(strstr(out, "usage: gpt2 encode"), "%s", out);
+    free(out);
     free(want);
     free(want_mt);
 }
