@@ -2,8 +2,10 @@
  *
  * Batch jobs lose nothing: every input line is parsed and checked before any work starts (duplicate
  * ids refused); records are written in input order as they become ready, each one complete line,
- * flushed; --resume skips the ids already in the output file (dropping a torn last line); SIGINT or a
- * failure mid-run writes every finished record, even out of order, and leaves the rest for --resume. */
+ * flushed; --resume skips the requests already in the output file (dropping a torn last line), but
+ * only records whose fingerprint matches their request and model, and retries error records; SIGINT
+ * or a failure mid-run writes every finished record, even out of order, and leaves the rest for
+ * --resume. The output is never the input, and one job at a time writes it (flock). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,12 +36,14 @@ static const char HELP[] =
     "With --prompt the continuation streams to stdout. With --input each line is a request\n"
     "  {\"id\": ..., \"prompt\": \"...\", \"max_tokens\", \"temperature\", \"top_k\", \"top_p\", \"seed\", \"stop\",\n"
     "   \"repetition_penalty\", \"frequency_penalty\", \"presence_penalty\"} (all but prompt optional)\n"
-    "and each output line is {\"id\", \"prompt_tokens\", \"tokens\", \"text\", \"finish_reason\"}, in input order;\n"
+    "and each output line is {\"id\", \"prompt_tokens\", \"tokens\", \"text\", \"finish_reason\", \"fp\"}, in input\n"
+    "order (fp: the request's fingerprint, which --resume checks);\n"
     "a bad line gets {\"id\", \"line\", \"error\"} and the exit status is 1.\n"
     "  --prompt TEXT            prompt text\n"
     "  --input FILE             JSONL requests\n"
     "  --output FILE            JSONL results (default: standard output)\n"
-    "  --resume                 skip requests whose id is already in --output, append the rest\n"
+    "  --resume                 keep the records already in --output (refused when made from another\n"
+    "                           request or model), retry its error records, append the rest\n"
     "  -n, --max-tokens N       tokens to generate per request (default 64)\n"
     "  --temperature T          0 = greedy (default 1.0)\n"
     "  --top-k K                keep the K most likely tokens (default 0 = off)\n"
