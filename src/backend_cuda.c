@@ -19,7 +19,10 @@
  * (nn.Linear layout, == wte when tied), which column-major is a (C x V) matrix A, so
  *   logits^T (V x N) = A^T (V x C) @ inp^T (C x N)
  * which is cublasGemmEx(T, N, m = V, n = N, k = C, A = lm_head with lda = C, B = inp with ldb = C,
- * C = logits with ldc = V). Both are checked end to end by the tests (logits against transformers).
+ * C = logits with ldc = Vp). Both are checked end to end by the tests (logits against transformers).
+ * Vp is V rounded up to a multiple of 64 (50257 -> 50304): lm_head has Vp rows, the pad rows zero, and
+ * every logits row is Vp floats long, so that m and ldc suit cuBLAS's aligned kernels. Columns V..Vp-1
+ * of the logits are never read: read_logits copies V columns per row, sampling reads V.
  * fp32: CUBLAS_COMPUTE_32F and CUBLAS_DEFAULT_MATH (no TF32) unless opts.allow_tf32
  * (CUBLAS_COMPUTE_32F_FAST_TF32); fp16/bf16: tensor cores with CUBLAS_COMPUTE_32F accumulation and
  * reductions kept in float (CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION).
@@ -31,7 +34,9 @@
  * Decode (every chunk has n == 1) runs as a CUDA graph per batch-size bucket (1, 2, 4, ...,
  * max_slots), captured on first use. The kernels read tokens, positions and slots from device arrays
  * that are overwritten before each replay; rows past the real batch are padding (slot -1: they write
- * no cache and their logits are never read). GPT2_CUDA_GRAPHS=0 in the environment turns graphs off.
+ * no cache and their logits are never read). opts.no_cuda_graphs turns graphs off. When a capture or
+ * instantiation fails, the step runs on the plain stream instead and graphs stay off for the life of
+ * the backend; be->warning says why (the library never prints).
  */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -54,6 +59,7 @@
 
 enum {
     ARENA_ALIGN = 256,  /* every region starts on a 256-byte boundary (cuBLAS, vector loads) */
+    VOCAB_PAD = 64,     /* lm_head rows and logits row stride: V rounded up to this */
     SAMPLE_GROUP = 32,  /* most requests sampled per kernel launch (sizes the sampling scratch) */
     MAX_BUCKETS = 20,   /* decode graph buckets: 1, 2, 4, ..., 2^16, max_slots */
 };
@@ -106,6 +112,19 @@ static gpt2_status cublas_fail(gpt2_error *err, cublasStatus_t s, const char *ca
         }                                                                                                    \
     } while (0)
 
+gpt2_status gpt2_cuda_mem_info(size_t *used_bytes, size_t *total_bytes, gpt2_error *err) {
+    size_t free_b = 0, total_b = 0;
+    if (!used_bytes || !total_bytes) return gpt2_fail(err, GPT2_ERR_ARG, "gpt2_cuda_mem_info: NULL argument");
+    *used_bytes = *total_bytes = 0;
+    if (gpt2_cuda_device_count() == 0)
+        return gpt2_fail(err, GPT2_ERR_UNSUPPORTED, "device memory: no CUDA device is visible");
+    CUDA_CHECK(cudaSetDevice(0)); /* the device every backend uses */
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    *used_bytes = total_b - free_b;
+    *total_bytes = total_b;
+    return GPT2_OK;
+}
+
 int gpt2_cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -123,7 +142,7 @@ typedef struct {
     size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb;
     size_t lm_head; /* == wte when tied */
     size_t resid, ln, qkv, att, tmp, fch, logits, kcache, vcache, attn_scratch, inputs;
-    size_t s_params, s_hist, s_out, s_keys_in, s_keys_out, s_vals_in, s_vals_out, s_cum, s_count, s_seg, s_sort;
+    size_t s_params, s_hist, s_out, s_lp, s_keys_in, s_keys_out, s_vals_in, s_vals_out, s_cum, s_count, s_seg, s_sort;
     size_t cublas_ws;
     size_t total;          /* arena bytes */
     size_t weight_bytes;   /* parts of total, for messages */
@@ -131,6 +150,7 @@ typedef struct {
     size_t staging_bytes;  /* a second, temporary allocation while the weights are converted */
     /* counts */
     int rows_cap;          /* logits rows: max_tokens with all_logits, else max_slots */
+    int Vp;                /* V rounded up to VOCAB_PAD: lm_head rows, logits row stride */
     int tiles_cap;         /* prefill attention tiles: ceil(N / BQ) + S */
     int sample_rows;       /* G */
     int hist_cap;          /* history ints for one sampling group */
@@ -169,6 +189,10 @@ static gpt2_status make_plan(const gpt2_model *m, const gpt2_backend_opts *o, pl
     const size_t C = (size_t)c->n_embd, L = (size_t)c->n_layer, V = (size_t)c->vocab_size;
     const size_t maxTm = (size_t)c->n_positions, S = (size_t)o->max_slots, N = (size_t)o->max_tokens;
     const size_t maxT = (size_t)o->max_seq, es = dtype_size(o->dtype);
+    if (c->vocab_size > INT_MAX - VOCAB_PAD)
+        return gpt2_fail(err, GPT2_ERR_CONFIG, "cuda: vocab_size %d is too large", c->vocab_size);
+    p->Vp = (c->vocab_size + VOCAB_PAD - 1) / VOCAB_PAD * VOCAB_PAD;
+    const size_t Vp = (size_t)p->Vp;
     const int NH = c->n_head, HS = c->n_embd / c->n_head;
     size_t cur = 0;
     int bad = 0, ovf = 0; /* bad: a region overflowed; ovf: a product did (kept apart: `bad |= take(mulc(..))`
@@ -183,8 +207,8 @@ static gpt2_status make_plan(const gpt2_model *m, const gpt2_backend_opts *o, pl
     p->attn_scratch_floats = attention_decode_scratch_floats(o->max_slots, NH, HS, o->max_seq);
 
     /* weights (shapes as in gpt2_weights) */
-    const size_t VC = mulc(V, C, &ovf), lc = mulc(L, C, &ovf), lcc = mulc(lc, C, &ovf), NC = mulc(N, C, &ovf);
-    bad |= take(&cur, VC, es, &p->wte);                   /* (V, C) */
+    const size_t VC = mulc(V, C, &ovf), VpC = mulc(Vp, C, &ovf), lc = mulc(L, C, &ovf), lcc = mulc(lc, C, &ovf), NC = mulc(N, C, &ovf);
+    bad |= take(&cur, m->w.tied ? VpC : VC, es, &p->wte); /* (V, C); (Vp, C) when it is lm_head too */
     bad |= take(&cur, mulc(maxTm, C, &ovf), es, &p->wpe); /* (maxT_model, C) */
     bad |= take(&cur, lc, es, &p->ln1w);                  /* (L, C) */
     bad |= take(&cur, lc, es, &p->ln1b);                  /* (L, C) */
@@ -203,7 +227,7 @@ static gpt2_status make_plan(const gpt2_model *m, const gpt2_backend_opts *o, pl
     if (m->w.tied)
         p->lm_head = p->wte;
     else
-        bad |= take(&cur, VC, es, &p->lm_head);           /* (V, C) */
+        bad |= take(&cur, VpC, es, &p->lm_head);          /* (Vp, C), rows V.. zero */
     p->weight_bytes = cur;
 
     /* activations for N tokens */
@@ -213,7 +237,7 @@ static gpt2_status make_plan(const gpt2_model *m, const gpt2_backend_opts *o, pl
     bad |= take(&cur, NC, es, &p->att);                   /* (N, C) attention output */
     bad |= take(&cur, NC, es, &p->tmp);                   /* (N, C) projection outputs */
     bad |= take(&cur, mulc(NC, 4, &ovf), es, &p->fch);    /* (N, 4C) MLP hidden */
-    bad |= take(&cur, mulc((size_t)p->rows_cap, V, &ovf), sizeof(float), &p->logits); /* (R, V) float */
+    bad |= take(&cur, mulc((size_t)p->rows_cap, Vp, &ovf), sizeof(float), &p->logits); /* (R, Vp) float */
 
     /* KV cache, (L, S, NH, maxT, HS) each */
     const size_t before_kv = cur, kv = mulc(mulc(L, S, &ovf), mulc(maxT, C, &ovf), &ovf);
@@ -241,6 +265,7 @@ static gpt2_status make_plan(const gpt2_model *m, const gpt2_backend_opts *o, pl
     bad |= take(&cur, G, sizeof(gpt2_cuda_sample_params), &p->s_params); /* (G) */
     bad |= take(&cur, (size_t)p->hist_cap, sizeof(int), &p->s_hist);      /* (G * (maxT + 1)) */
     bad |= take(&cur, G, sizeof(int), &p->s_out);                         /* (G) */
+    bad |= take(&cur, G, sizeof(float), &p->s_lp);                        /* (G) */
     bad |= take(&cur, GV, sizeof(float), &p->s_keys_in);                  /* (G, V) */
     bad |= take(&cur, GV, sizeof(float), &p->s_keys_out);                 /* (G, V) */
     bad |= take(&cur, GV, sizeof(int), &p->s_vals_in);                    /* (G, V) */
@@ -306,7 +331,7 @@ typedef struct {
     void *lnfw, *lnfb, *lm_head;
     /* activations (T) and cache */
     void *resid, *ln, *qkv, *att, *tmp, *fch;
-    float *logits;                    /* (rows_cap, V) */
+    float *logits;                    /* (rows_cap, Vp): columns V.. are cuBLAS padding, never read */
     void *kcache, *vcache;            /* (L, S, NH, maxT, HS) */
     float *attn_scratch;
     int *in_d, *in_h;                 /* per-forward inputs: device, and pinned host mirror (n_inputs) */
@@ -318,9 +343,11 @@ typedef struct {
     gpt2_cuda_sample_params *s_params_d, *s_params_h; /* (G) */
     int *s_hist_d, *s_hist_h;                         /* (hist_cap) */
     int *s_out_d, *s_out_h;                           /* (G) */
+    float *s_lp_d, *s_lp_h;                           /* (G) log-probabilities of the sampled tokens */
 
     /* decode graphs */
-    int use_graphs;
+    int use_graphs;                   /* 0: opts.no_cuda_graphs, or a capture failed */
+    int break_next_capture;           /* testing: make the next capture fail (gpt2_cuda_test_break_next_capture) */
     int n_buckets;
     int bucket_size[MAX_BUCKETS];
     cudaGraphExec_t graph[MAX_BUCKETS];
@@ -343,6 +370,7 @@ static void ctx_free(cuda_ctx *x) {
     if (x->s_params_h) (void)cudaFreeHost(x->s_params_h);
     if (x->s_hist_h) (void)cudaFreeHost(x->s_hist_h);
     if (x->s_out_h) (void)cudaFreeHost(x->s_out_h);
+    if (x->s_lp_h) (void)cudaFreeHost(x->s_lp_h);
     (void)cudaGetLastError();
     free(x);
 }
@@ -410,12 +438,12 @@ static gpt2_status gemm_conv1d(cuda_ctx *x, void *out, const void *inp, const vo
     return GPT2_OK;
 }
 
-/* logits (N, V) float = inp (N, C) @ wte^T, wte (V, C). */
-static gpt2_status gemm_unembed(cuda_ctx *x, float *logits, const void *inp, const void *wte, int N, int C, int V,
-                                gpt2_error *err) {
+/* logits (N, Vp) float = inp (N, C) @ lm_head^T, lm_head (Vp, C). */
+static gpt2_status gemm_unembed(cuda_ctx *x, float *logits, const void *inp, const void *lm_head, int N, int C,
+                                int Vp, gpt2_error *err) {
     const float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(x->cublas, CUBLAS_OP_T, CUBLAS_OP_N, V, N, C, &alpha, wte, x->dt_cuda, C, inp,
-                              x->dt_cuda, C, &beta, logits, CUDA_R_32F, V, x->compute, CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(cublasGemmEx(x->cublas, CUBLAS_OP_T, CUBLAS_OP_N, Vp, N, C, &alpha, lm_head, x->dt_cuda, C, inp,
+                              x->dt_cuda, C, &beta, logits, CUDA_R_32F, Vp, x->compute, CUBLAS_GEMM_DEFAULT));
     return GPT2_OK;
 }
 
@@ -480,7 +508,7 @@ static gpt2_status enqueue_forward(cuda_ctx *x, const gpt2_backend *be, const st
             CUDA_CHECK(residual_layernorm_forward_cuda(x->ln, x->resid, x->tmp, at(x->fcprojb, lc, es), s->out_row,
                                                        x->lnfw, x->lnfb, N, C, eps, dt, st));
     }
-    return gemm_unembed(x, x->logits, x->ln, x->lm_head, s->rows, C, V, err);
+    return gemm_unembed(x, x->logits, x->ln, x->lm_head, s->rows, C, x->plan.Vp, err);
 }
 
 /* Captures the decode forward for one bucket into an executable graph. */
@@ -490,6 +518,11 @@ static gpt2_status capture_graph(cuda_ctx *x, const gpt2_backend *be, const step
     *exec = NULL;
     CUDA_CHECK(cudaStreamBeginCapture(x->stream, cudaStreamCaptureModeThreadLocal));
     gpt2_status st = enqueue_forward(x, be, s, err);
+    if (x->break_next_capture) { /* testing: a call that is illegal under capture invalidates it */
+        x->break_next_capture = 0;
+        (void)cudaStreamSynchronize(x->stream);
+        (void)cudaGetLastError();
+    }
     cudaError_t e = cudaStreamEndCapture(x->stream, &g); /* always: leaves the stream out of capture mode */
     if (st != GPT2_OK) {
         if (g) (void)cudaGraphDestroy(g);
@@ -561,8 +594,15 @@ static gpt2_status cuda_forward(gpt2_backend *be, const gpt2_chunk *chunks, int 
         s.slot = d + p->i_dslot;
         s.out_row = NULL;
         s.decode = 1;
+        gpt2_error cap_err = {0};
+        if (bucket >= 0 && !x->graph[bucket] && capture_graph(x, be, &s, &x->graph[bucket], &cap_err) != GPT2_OK) {
+            /* Once: graphs off from now on, this step and the next on the plain stream. */
+            snprintf(be->warning, sizeof be->warning, "cuda: decode graph capture failed, decode runs without "
+                                                      "CUDA graphs from now on: %.160s", cap_err.msg);
+            x->use_graphs = 0;
+            bucket = -1;
+        }
         if (bucket >= 0) {
-            if (!x->graph[bucket] && (st = capture_graph(x, be, &s, &x->graph[bucket], err))) return st;
             CUDA_CHECK(cudaGraphLaunch(x->graph[bucket], x->stream));
         } else if ((st = enqueue_forward(x, be, &s, err))) {
             return st;
@@ -624,15 +664,15 @@ static gpt2_status cuda_read_logits(gpt2_backend *be, float *dst, int n_rows, gp
         return gpt2_fail(err, GPT2_ERR_ARG, "read_logits: %d rows asked, the last forward made %d", n_rows, x->n_rows);
     if (n_rows == 0) return GPT2_OK;
     if (!dst) return gpt2_fail(err, GPT2_ERR_ARG, "read_logits: no destination");
-    const size_t bytes = (size_t)n_rows * (size_t)be->model->cfg.vocab_size * sizeof(float);
+    const size_t row = (size_t)be->model->cfg.vocab_size * sizeof(float), pitch = (size_t)x->plan.Vp * sizeof(float);
     CUDA_CHECK(cudaSetDevice(x->device));
-    CUDA_CHECK(cudaMemcpyAsync(dst, x->logits, bytes, cudaMemcpyDeviceToHost, x->stream));
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, row, x->logits, pitch, row, (size_t)n_rows, cudaMemcpyDeviceToHost, x->stream));
     CUDA_CHECK(cudaStreamSynchronize(x->stream));
     return GPT2_OK;
 }
 
 static gpt2_status cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens,
-                               gpt2_error *err) {
+                               float *out_logprobs, gpt2_error *err) {
     cuda_ctx *x = be->ctx;
     const plan_t *p = &x->plan;
     const int V = be->model->cfg.vocab_size, G = p->sample_rows;
@@ -683,12 +723,16 @@ static gpt2_status cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, in
         if (used > 0)
             CUDA_CHECK(cudaMemcpyAsync(x->s_hist_d, x->s_hist_h, sizeof(int) * (size_t)used, cudaMemcpyHostToDevice,
                                        x->stream));
-        CUDA_CHECK(sample_cuda(x->s_out_d, x->logits, V, x->s_params_d, x->s_hist_d, g, any_sort, &x->sscr,
-                               x->stream));
+        CUDA_CHECK(sample_cuda(x->s_out_d, out_logprobs ? x->s_lp_d : NULL, x->logits, V, p->Vp, x->s_params_d,
+                               x->s_hist_d, g, any_sort, &x->sscr, x->stream));
         CUDA_CHECK(cudaMemcpyAsync(x->s_out_h, x->s_out_d, sizeof(int) * (size_t)g, cudaMemcpyDeviceToHost,
                                    x->stream));
+        if (out_logprobs)
+            CUDA_CHECK(cudaMemcpyAsync(x->s_lp_h, x->s_lp_d, sizeof(float) * (size_t)g, cudaMemcpyDeviceToHost,
+                                       x->stream));
         CUDA_CHECK(cudaStreamSynchronize(x->stream)); /* also: the pinned staging is free for the next group */
         memcpy(out_tokens + done, x->s_out_h, sizeof(int) * (size_t)g);
+        if (out_logprobs) memcpy(out_logprobs + done, x->s_lp_h, sizeof(float) * (size_t)g);
         done += g;
     }
     return GPT2_OK;
@@ -698,6 +742,10 @@ static void cuda_destroy(gpt2_backend *be) {
     if (!be) return;
     ctx_free(be->ctx);
     free(be);
+}
+
+void gpt2_cuda_test_break_next_capture(gpt2_backend *be) {
+    if (be && be->ctx && be->destroy == cuda_destroy) ((cuda_ctx *)be->ctx)->break_next_capture = 1;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -800,6 +848,7 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
     x->s_params_d = (gpt2_cuda_sample_params *)(a + p->s_params);
     x->s_hist_d = (int *)(a + p->s_hist);
     x->s_out_d = (int *)(a + p->s_out);
+    x->s_lp_d = (float *)(a + p->s_lp);
     x->sscr = (gpt2_cuda_sample_scratch){
         .rows = p->sample_rows,
         .V = c->vocab_size,
@@ -819,17 +868,18 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
     CUDA_TRY(cudaMallocHost((void **)&x->s_params_h, (size_t)p->sample_rows * sizeof(gpt2_cuda_sample_params)));
     CUDA_TRY(cudaMallocHost((void **)&x->s_hist_h, (size_t)p->hist_cap * sizeof(int)));
     CUDA_TRY(cudaMallocHost((void **)&x->s_out_h, (size_t)p->sample_rows * sizeof(int)));
+    CUDA_TRY(cudaMallocHost((void **)&x->s_lp_h, (size_t)p->sample_rows * sizeof(float)));
     CUDA_TRY(cudaEventCreateWithFlags(&x->in_copied, cudaEventDisableTiming));
 
     if ((st = upload_weights(x, m, opts->dtype, err))) goto fail;
 
-    const char *g = getenv("GPT2_CUDA_GRAPHS");
-    x->use_graphs = !(g && !strcmp(g, "0"));
+    x->use_graphs = !opts->no_cuda_graphs;
     for (int b = 1; b < opts->max_slots && x->n_buckets < MAX_BUCKETS - 1; b *= 2) x->bucket_size[x->n_buckets++] = b;
     x->bucket_size[x->n_buckets++] = opts->max_slots;
 
     CUDA_TRY(cudaStreamSynchronize(x->stream));
     be->name = "cuda";
+    be->warning[0] = '\0';
     be->opts = *opts;
     be->model = m;
     be->ctx = x;

@@ -11,6 +11,8 @@ void cli_common_init(cli_common *c) {
     memset(c, 0, sizeof *c);
     c->device = "auto";
     c->dtype = GPT2_DTYPE_F32;
+    const char *g = getenv("GPT2_CUDA_GRAPHS"); /* the CLI reads the environment; the library does not */
+    c->no_cuda_graphs = g && !strcmp(g, "0");
 }
 
 /* getopt_long over a command's table; common options handled here. 0 to go on, else an exit code. */
