@@ -20,14 +20,14 @@ LDFLAGS  += -fopenmp $(SAN)
 LDLIBS   += -ljansson -lpcre2-8 -lm -lpthread
 TEST_LDLIBS = -lcriterion
 
-LIB_SRCS  := $(filter-out src/main.c src/cli_%.c src/backend_cuda.c,$(wildcard src/*.c))
+LIB_SRCS  := $(filter-out src/main.c src/cli_%.c src/backend_cuda.c src/cuda_%.c,$(wildcard src/*.c))
 CLI_SRCS  := src/main.c $(wildcard src/cli_*.c)
 TEST_SRCS := $(wildcard tests/test_*.c)
 CU_SRCS   := $(wildcard kernels/*.cu)
 
 ifeq ($(CUDA),1)
 CFLAGS      += -DGPT2_HAVE_CUDA -I$(CUDA_HOME)/include
-LIB_SRCS    += src/backend_cuda.c
+LIB_SRCS    += src/backend_cuda.c $(wildcard src/cuda_*.c)
 CUDA_GENCODE := $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
                 -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH))
 NVCC_WERROR := $(if $(filter 1,$(WERROR)),-Xcompiler -Werror -Werror all-warnings)

@@ -48,7 +48,6 @@ Test(cuda_memory, mem_info_unsupported_without_cuda) {
 #include "../kernels/gelu.cuh"
 #include "../kernels/kv_append.cuh"
 #include "../kernels/layernorm.cuh"
-#include "../kernels/residual.cuh"
 #include "../kernels/sample.cuh"
 
 #define REQUIRE_GPU()                                                                                        \
@@ -361,39 +360,6 @@ Test(cuda_kernels, gelu_bias_matches_cpu) {
                 CK(cudaFree(d_inp));
                 CK(cudaFree(d_bias));
             }
-}
-
-Test(cuda_kernels, residual_matches_cpu) {
-    REQUIRE_GPU();
-    const size_t sizes[] = {1, 1000, ((size_t)1 << 20) + 3};
-    uint64_t seed = 6;
-    for (int si = 0; si < 3; si++)
-        for (int di = 0; di < 3; di++) {
-            const size_t n = sizes[si];
-            const gpt2_dtype dt = all_dtypes[di];
-            float *a, *b;
-            void *d_a = dev_rand(n, &seed, 1.0f, 0.0f, dt, &a);
-            void *d_b = dev_rand(n, &seed, 1.0f, 0.0f, dt, &b);
-            void *d_out = dev_poison(n * esize(dt));
-            float *ref = malloc(sizeof(float) * n);
-            residual_forward_cpu(ref, a, b, n);
-            CK(residual_forward_cuda(d_out, d_a, d_b, n, dt, 0));
-            CK(residual_forward_cuda(d_a, d_a, d_b, n, dt, 0)); /* in place */
-            SYNC();
-            float *got = host_from_dev(d_out, n, dt), *got2 = host_from_dev(d_a, n, dt);
-            char what[64];
-            snprintf(what, sizeof what, "residual n=%zu %s", n, dtype_name(dt));
-            assert_close(got, ref, n, tol_for(dt, 0, 1e-7), what);
-            assert_close(got2, ref, n, tol_for(dt, 0, 1e-7), what);
-            free(got);
-            free(got2);
-            free(ref);
-            free(a);
-            free(b);
-            CK(cudaFree(d_a));
-            CK(cudaFree(d_b));
-            CK(cudaFree(d_out));
-        }
 }
 
 /* A ragged batch: chunks of (slot, pos, n), plus one padding token (slot -1). */

@@ -13,7 +13,10 @@
 #
 # Nothing is installed anywhere: the packages are downloaded with `apt-get download` and unpacked with
 # `dpkg -x` into a scratch folder. tools/gpu_check.sh builds against the folder with -I/-L and bakes
-# -rpath .gpu-deps/lib into its build-gpu binaries only: no ldconfig, no LD_LIBRARY_PATH. Libraries every
+# -Wl,--disable-new-dtags,-rpath,.gpu-deps/lib into its build-gpu binaries only (DT_RPATH, unlike
+# DT_RUNPATH, also serves libcriterion's own needs: libgit2, nanomsg, ...): no ldconfig, no
+# LD_LIBRARY_PATH. Checked here with the system's copies hidden in a mount namespace: headers, link
+# and every library of the closure came from .gpu-deps, and the tokenizer and loader suites passed. Libraries every
 # system has, and those that must never be shadowed (libc, libgcc, libstdc++, libssl/libcrypto, zlib,
 # libffi, Kerberos), are left out on purpose and refused if they appear; the check's deps step lists
 # what the binaries resolve to on the GPU machine, so a missing one shows up there by name.

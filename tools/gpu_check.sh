@@ -17,8 +17,9 @@
 #               tools/fetch_device_deps.sh   (at most 20 MiB; see that script)
 #   .verify     the independent oracle: mkdir -p .verify && cp ../shared/verify/gpu_oracle.py .verify/
 # A device call: run(command="tools/gpu_check.sh quick", carry=[".gpu-deps", ".verify"], timeout_s=600).
-# The build finds .gpu-deps through -I/-L and an rpath baked into build-gpu's binaries only: no
-# ldconfig, no LD_LIBRARY_PATH, nothing of the system's (libc, libssl, ...) shadowed.
+# The build finds .gpu-deps through -I/-L and an rpath baked into build-gpu's binaries only (DT_RPATH,
+# which also serves the libraries libcriterion itself needs): no ldconfig, no LD_LIBRARY_PATH, and
+# nothing of the system's (libc, libssl, ...) is in the folder to shadow it.
 #
 # Time: every step runs under `timeout` with its own limit, capped by what is left of the mode's
 # budget (quick 450 s, full 560 s; GPU_CHECK_BUDGET overrides). A step that runs out is recorded as
@@ -84,11 +85,12 @@ step_deps() {
     printf '#define PCRE2_CODE_UNIT_WIDTH 8\n#include <jansson.h>\n#include <pcre2.h>\n#include <criterion/criterion.h>\nint main(void) { json_decref(json_object()); return 0; }\n' \
         >"$GPU_CHECK_WORK/deps.c"
     # shellcheck disable=SC2086
-    cc $DEPS_CFLAGS "$GPU_CHECK_WORK/deps.c" -o "$GPU_CHECK_WORK/deps" $DEPS_LDFLAGS -ljansson -lpcre2-8 -lcriterion &&
+    cc $DEPS_CFLAGS "$GPU_CHECK_WORK/deps.c" -o "$GPU_CHECK_WORK/deps" $DEPS_LDFLAGS -Wl,--no-as-needed -ljansson -lpcre2-8 -lcriterion &&
         "$GPU_CHECK_WORK/deps" ||
         { echo "FAILED: jansson / PCRE2 / Criterion do not compile, link and load (is .gpu-deps carried?)"; exit 1; }
     echo "jansson, PCRE2, Criterion: compile, link and load"
-    ldd "$GPU_CHECK_WORK/deps" | grep -E 'jansson|pcre2|criterion'
+    ldd "$GPU_CHECK_WORK/deps" | grep -E 'jansson|pcre2|criterion|not found'
+    if ldd "$GPU_CHECK_WORK/deps" | grep -q 'not found'; then echo "FAILED: libraries not found (above)"; exit 1; fi
 }
 
 step_build() {
@@ -100,10 +102,13 @@ step_build() {
     echo "building for sm_$cc (+ PTX) into $GPU_CHECK_BUILD with $GPU_CHECK_JOBS jobs"
     CFLAGS="$DEPS_CFLAGS" LDFLAGS="$DEPS_LDFLAGS" make -j"$GPU_CHECK_JOBS" CUDA=1 CUDA_ARCH="$cc" \
         BUILD="$GPU_CHECK_BUILD" "$GPU_CHECK_BUILD/gpt2" "$GPU_CHECK_BUILD/test_gpt2" || exit 1
-    ldd "$GPU_CHECK_BUILD/test_gpt2" | grep -E 'jansson|pcre2|criterion|cublas|cudart'
+    ldd "$GPU_CHECK_BUILD/test_gpt2" | grep -E 'jansson|pcre2|criterion|git2|nanomsg|cublas|cudart|not found'
+    if ldd "$GPU_CHECK_BUILD/test_gpt2" | grep -q 'not found'; then echo "FAILED: libraries not found (above)"; exit 1; fi
     if [ "$MODE" = full ]; then # the kernels' registers and spills, for the record
+        local nvcc
+        nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
         for f in kernels/*.cu; do
-            nvcc -std=c++17 -O2 -gencode arch=compute_$cc,code=sm_$cc -Iinclude -Isrc -Ikernels -Xptxas -v \
+            "$nvcc" -std=c++17 -O2 -gencode arch=compute_$cc,code=sm_$cc -Iinclude -Isrc -Ikernels -Xptxas -v \
                 -c "$f" -o /dev/null 2>&1 | grep -E "spill" | grep -v " 0 bytes spill stores, 0 bytes spill loads" &&
                 echo "WARNING: spills in $f (above)"
         done
@@ -229,7 +234,8 @@ BUDGET=${GPU_CHECK_BUDGET:-$BUDGET}
 export GPU_CHECK_MODE=$MODE
 
 if [ -f "$GPT2_DEPS/MANIFEST" ]; then
-    export DEPS_CFLAGS="-I$GPT2_DEPS/include" DEPS_LDFLAGS="-L$GPT2_DEPS/lib -Wl,-rpath,$GPT2_DEPS/lib"
+    # DT_RPATH, not DT_RUNPATH: it also serves the libraries libcriterion needs (libgit2, nanomsg, ...)
+    export DEPS_CFLAGS="-I$GPT2_DEPS/include" DEPS_LDFLAGS="-L$GPT2_DEPS/lib -Wl,--disable-new-dtags,-rpath,$GPT2_DEPS/lib"
 else
     export DEPS_CFLAGS="" DEPS_LDFLAGS=""
 fi
