@@ -40,6 +40,7 @@ Test(cuda_memory, mem_info_unsupported_without_cuda) {
 #include "generate.h"
 #include "ops_cpu.h"
 #include "sampler.h"
+#include "tensors.h"
 
 #include "../kernels/attention_decode.cuh"
 #include "../kernels/attention_prefill.cuh"
@@ -1238,23 +1239,25 @@ static gpt2_model *random_gpt2(int L, uint64_t seed) {
     gpt2_model *m = calloc(1, sizeof *m);
     cr_assert(m);
     m->cfg = (gpt2_config){.n_layer = L, .n_head = 12, .n_embd = (int)C, .n_positions = (int)maxT,
-                           .vocab_size = (int)V, .layer_norm_epsilon = 1e-5f};
+                           .vocab_size = (int)V, .layer_norm_epsilon = 1e-5f, .tie_word_embeddings = 1};
     gpt2_weights *w = &m->w;
-    const size_t n[16] = {V * C, maxT * C, L * C, L * C, L * C * 3 * C, L * 3 * C, L * C * C, L * C,
-                          L * C, L * C, L * C * 4 * C, L * 4 * C, L * 4 * C * C, L * C, C, C};
-    float **ptr[16] = {&w->wte, &w->wpe, &w->ln1w, &w->ln1b, &w->qkvw, &w->qkvb, &w->attprojw, &w->attprojb,
-                       &w->ln2w, &w->ln2b, &w->fcw, &w->fcb, &w->fcprojw, &w->fcprojb, &w->lnfw, &w->lnfb};
-    for (int i = 0; i < 16; i++) w->n_floats += n[i];
+    size_t n[GPT2_N_TENSORS] = {0};
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
+        if (k == GPT2_T_LMHEAD) continue; /* tied: it is wte */
+        cr_assert_eq(gpt2_tensor_numel(&m->cfg, (gpt2_tensor_kind)k, NULL, &n[k]), 0);
+        w->n_floats += n[k];
+    }
     w->memory = malloc(sizeof(float) * w->n_floats);
     cr_assert(w->memory);
     float *at_ = w->memory;
     const float amp = 0.02f * 1.7320508f; /* uniform on [-a, a) has standard deviation a / sqrt(3) */
-    for (int i = 0; i < 16; i++) {
-        *ptr[i] = at_;
-        const int is_ln_weight = ptr[i] == &w->ln1w || ptr[i] == &w->ln2w || ptr[i] == &w->lnfw;
-        for (size_t j = 0; j < n[i]; j++)
-            at_[j] = is_ln_weight ? 1.0f + 0.1f * trand_float(&seed) : amp * trand_float(&seed);
-        at_ += n[i];
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
+        if (k == GPT2_T_LMHEAD) continue;
+        *gpt2_tensor_field(w, (gpt2_tensor_kind)k) = at_;
+        const int is_ln_weight = k == GPT2_T_LN1W || k == GPT2_T_LN2W || k == GPT2_T_LNFW;
+        for (size_t e = 0; e < n[k]; e++)
+            at_[e] = is_ln_weight ? 1.0f + 0.1f * trand_float(&seed) : amp * trand_float(&seed);
+        at_ += n[k];
     }
     w->lm_head = w->wte;
     w->tied = 1;

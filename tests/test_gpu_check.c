@@ -88,7 +88,7 @@ Test(gpu_check, without_a_gpu_every_gpu_step_says_so, .timeout = 60) {
     cr_assert_eq(rc, 3, "exit %d, want 3 (no GPU):\n%s", rc, out);
     char *tsv = slurp(dir, "summary.tsv"), *txt = slurp(dir, "summary.txt");
     cr_assert(tsv && txt, "%s", out);
-    const char *want[] = {"deps", "build", "test", "compare", "oracle", "bench", "memcheck"};
+    const char *want[] = {"deps", "build", "test", "compare", "bench", "oracle", "memcheck"};
     for (int k = 1; k <= 7; k++) {
         char name[64], status[32];
         int limit;

@@ -5,8 +5,9 @@
 #   tools/gpu_check.sh quick      under 8 minutes on an H200 from a bare machine, build included:
 #                                 deps, build, test (the cuda_* suites), compare (random gpt2 124M
 #                                 against transformers, fp32 and fp16, 16 prompts x 32 greedy tokens),
-#                                 oracle (.verify/gpu_oracle.py on gpt2), bench (batch 1/64/256 fp16),
-#                                 memcheck (compute-sanitizer on the kernel tests)
+#                                 bench (batch 1/64/256 fp16), oracle (.verify/gpu_oracle.py on gpt2),
+#                                 memcheck (compute-sanitizer on the kernel tests), in that order: the
+#                                 sanitizer last, as the step most likely to run out of time
 #   tools/gpu_check.sh full       the longer run for a second command: the whole test suite, racecheck
 #                                 too, gpt2 and gpt2-medium in fp32/fp16/bf16, 32 prompts x 64 tokens
 #   tools/gpu_check.sh selftest   the step runner alone with tiny limits (no GPU needed; `make test`
@@ -16,7 +17,8 @@
 #   .gpu-deps   jansson, PCRE2 and Criterion (headers and libraries), made HERE by one command:
 #               tools/fetch_device_deps.sh   (at most 20 MiB; see that script)
 #   .verify     the independent oracle: mkdir -p .verify && cp ../shared/verify/gpu_oracle.py .verify/
-# A device call: run(command="tools/gpu_check.sh quick", carry=[".gpu-deps", ".verify"], timeout_s=600).
+# A device call: run(command="GPU_CHECK_COMMIT=<commit> tools/gpu_check.sh quick", carry=[".gpu-deps",
+# ".verify"], timeout_s=600) (the copy there may have no .git, so name the commit).
 # The build finds .gpu-deps through -I/-L and an rpath baked into build-gpu's binaries only (DT_RPATH,
 # which also serves the libraries libcriterion itself needs): no ldconfig, no LD_LIBRARY_PATH, and
 # nothing of the system's (libc, libssl, ...) is in the folder to shadow it.
@@ -84,9 +86,11 @@ step_deps() {
     fi
     printf '#define PCRE2_CODE_UNIT_WIDTH 8\n#include <jansson.h>\n#include <pcre2.h>\n#include <criterion/criterion.h>\nint main(void) { json_decref(json_object()); return 0; }\n' \
         >"$GPU_CHECK_WORK/deps.c"
+    # Run in a clean environment: inside a Criterion test (tests/test_gpu_check.c) the runner's variables
+    # would make libcriterion's constructor act as a test child and abort.
     # shellcheck disable=SC2086
     cc $DEPS_CFLAGS "$GPU_CHECK_WORK/deps.c" -o "$GPU_CHECK_WORK/deps" $DEPS_LDFLAGS -Wl,--no-as-needed -ljansson -lpcre2-8 -lcriterion &&
-        "$GPU_CHECK_WORK/deps" ||
+        env -i "$GPU_CHECK_WORK/deps" ||
         { echo "FAILED: jansson / PCRE2 / Criterion do not compile, link and load (is .gpu-deps carried?)"; exit 1; }
     echo "jansson, PCRE2, Criterion: compile, link and load"
     ldd "$GPU_CHECK_WORK/deps" | grep -E 'jansson|pcre2|criterion|not found'
@@ -225,8 +229,8 @@ fi
 
 MODE=${1:-}
 case $MODE in
-quick) STEPS="deps:30 build:200 test:150 compare:120 oracle:120 bench:60 memcheck:90"; BUDGET=450 ;;
-full) STEPS="deps:30 build:200 test:240 compare:300 oracle:240 bench:60 memcheck:180 racecheck:180"; BUDGET=560 ;;
+quick) STEPS="deps:30 build:200 test:150 compare:120 bench:60 oracle:120 memcheck:90"; BUDGET=450 ;;
+full) STEPS="deps:30 build:200 test:240 compare:300 bench:60 oracle:240 memcheck:180 racecheck:180"; BUDGET=560 ;;
 selftest) STEPS="selftest_sleep:1 selftest_ok:5 selftest_sleep:100 selftest_ok:5"; BUDGET=8 ;;
 *) echo "usage: tools/gpu_check.sh quick|full|selftest   (see the top of the script)" >&2; exit 2 ;;
 esac
@@ -246,7 +250,10 @@ rm -rf "$STEPLOGS" && mkdir -p "$LOGDIR" "$STEPLOGS" || exit 2
 : >"$LOGDIR/summary.tsv"
 START=$(date +%s)
 GPU_NAME=$( (have_gpu && "$NVIDIA_SMI" --query-gpu=name,driver_version --format=csv,noheader | head -n 1) || echo "no GPU")
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo "+dirty")
+# the device machine's copy of the tree may have no .git: GPU_CHECK_COMMIT names the commit then
+if [ -n "${GPU_CHECK_COMMIT:-}" ]; then COMMIT=$GPU_CHECK_COMMIT
+elif COMMIT=$(git rev-parse --short HEAD 2>/dev/null); then git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT+dirty"
+else COMMIT="unknown (no .git; set GPU_CHECK_COMMIT)"; fi
 
 write_summary() {
     {
