@@ -167,7 +167,8 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
 
     gpt2_cuda_graphs *gr = &x->graphs;
     gr->use = !opts->no_cuda_graphs;
-    for (int b = 1; b < opts->max_slots && gr->n_buckets < MAX_BUCKETS - 1; b *= 2) gr->bucket_size[gr->n_buckets++] = b;
+    for (int b = 1; b < opts->max_slots && gr->n_buckets < MAX_BUCKETS - 1; b *= 2)
+        gr->bucket_size[gr->n_buckets++] = b;
     gr->bucket_size[gr->n_buckets++] = opts->max_slots;
 
     CUDA_TRY(cudaStreamSynchronize(x->stream));

@@ -123,8 +123,8 @@ static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, con
                                                        at(W(LN1W), lc + C, es), at(W(LN1B), lc + C, es), N, C, eps,
                                                        dt, st));
         else /* the final layernorm, gathering the rows whose logits are wanted */
-            CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, es), s->out_row,
-                                                       W(LNFW), W(LNFB), N, C, eps, dt, st));
+            CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, es),
+                                                       s->out_row, W(LNFW), W(LNFB), N, C, eps, dt, st));
     }
     return gemm_unembed(x, x->a.logits, x->a.ln, W(LMHEAD), s->rows, C, x->plan.Vp, err);
 }
@@ -213,7 +213,8 @@ gpt2_status gpt2_cuda_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n_
         s.out_row = NULL;
         s.decode = 1;
         gpt2_error cap_err = {0};
-        if (bucket >= 0 && !x->graphs.exec[bucket] && capture_graph(x, be, &s, &x->graphs.exec[bucket], &cap_err) != GPT2_OK) {
+        if (bucket >= 0 && !x->graphs.exec[bucket] &&
+            capture_graph(x, be, &s, &x->graphs.exec[bucket], &cap_err) != GPT2_OK) {
             /* Once: graphs off from now on, this step and the next on the plain stream. */
             snprintf(be->warning, sizeof be->warning, "cuda: decode graph capture failed, decode runs without "
                                                       "CUDA graphs from now on: %.160s", cap_err.msg);

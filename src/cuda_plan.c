@@ -198,7 +198,8 @@ static gpt2_status upload(gpt2_cuda_ctx *x, gpt2_dtype dt, void *dst, const floa
     for (size_t done = 0; done < n;) {
         size_t k = n - done < staging_floats ? n - done : staging_floats;
         CUDA_CHECK(cudaMemcpyAsync(staging, src + done, k * sizeof(float), cudaMemcpyHostToDevice, x->stream));
-        CUDA_CHECK(convert_cuda((char *)dst + done * gpt2_cuda_dtype_size(dt), dt, staging, GPT2_DTYPE_F32, k, x->stream));
+        CUDA_CHECK(convert_cuda((char *)dst + done * gpt2_cuda_dtype_size(dt), dt, staging, GPT2_DTYPE_F32, k,
+                                x->stream));
         CUDA_CHECK(cudaStreamSynchronize(x->stream)); /* staging is reused by the next piece */
         done += k;
     }
