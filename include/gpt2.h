@@ -52,6 +52,7 @@ typedef struct {
     int n_positions;          /* maxT (n_positions, or n_ctx in old configs) */
     int vocab_size;           /* V */
     float layer_norm_epsilon; /* 1e-5 for every released GPT-2 */
+    int tie_word_embeddings;  /* 1 unless config.json sets it false (absent: true, as in transformers) */
 } gpt2_config;
 
 /* Parameters in float32, Conv1D layout as stored by Hugging Face: weights are [in, out]. All point

@@ -20,6 +20,7 @@ typedef struct {
     gpt2_dtype dtype;
     int allow_tf32; /* CUDA fp32 GEMMs on TF32 tensor cores (off by default: exact comparison) */
     int n_threads;  /* CPU threads; 0 = OpenMP default */
+    int no_cuda_graphs; /* 1: CUDA decode runs without graphs (debugging) */
 } gpt2_backend_opts;
 
 /* New tokens for one sequence: they take positions pos .. pos+n-1 of slot `slot`, whose KV cache
@@ -37,6 +38,9 @@ struct gpt2_backend {
     gpt2_backend_opts opts;
     const gpt2_model *model; /* not owned; must outlive the backend */
     void *ctx;
+    /* A non-fatal problem the backend worked around (e.g. CUDA graphs turned off after a failed
+     * capture), for the caller to report; "" when none. The library itself never prints. */
+    char warning[256];
 
     /* Runs the model over the chunks (sum of n <= max_tokens, distinct slots) and appends their K and V
      * to the cache. Keeps logits on the backend: one row per chunk (its last token), or one row per
@@ -46,9 +50,10 @@ struct gpt2_backend {
     /* Copies the first n_rows rows of the last forward's logits to dst (n_rows, V) on the host. */
     gpt2_status (*read_logits)(gpt2_backend *be, float *dst, int n_rows, gpt2_error *err);
     /* Samples one token from each of the first n logits rows of the last forward; request i reads
-     * row i. Only B token ids cross to the host. */
-    gpt2_status (*sample)(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens,
-                          gpt2_error *err);
+     * row i. Only B token ids cross to the host. out_logprobs may be NULL; when not,
+     * out_logprobs[i] = log_softmax(row i of the raw logits, before penalties, temperature, top-k and
+     * top-p)[out_tokens[i]]. */
+    gpt2_status (*sample)(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens, float *out_logprobs, gpt2_error *err);
     void (*destroy)(gpt2_backend *be);
 };
 
@@ -68,7 +73,13 @@ gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts
 
 /* CUDA: present only when built with nvcc (GPT2_HAVE_CUDA). */
 int gpt2_cuda_device_count(void); /* 0 when not built in or no usable GPU */
+/* Device memory in use on the CUDA device the backends use (total - free, every process counted)
+ * and its size, from cudaMemGetInfo. GPT2_ERR_UNSUPPORTED without CUDA or without a GPU. */
+gpt2_status gpt2_cuda_mem_info(size_t *used_bytes, size_t *total_bytes, gpt2_error *err);
 gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                      gpt2_error *err);
+/* Testing only (CUDA builds): the next decode-graph capture of a CUDA backend fails, as a real capture
+ * failure would, so that the fallback to the plain stream can be tested. Other backends: no effect. */
+void gpt2_cuda_test_break_next_capture(gpt2_backend *be);
 
 #endif /* GPT2_BACKEND_H */

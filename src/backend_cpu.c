@@ -1,4 +1,5 @@
 /* backend_cpu.c: the float32 reference engine. The forward pass reads top to bottom in cpu_forward. */
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,14 +130,22 @@ static gpt2_status cpu_read_logits(gpt2_backend *be, float *dst, int n_rows, gpt
 }
 
 static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens,
-                              gpt2_error *err) {
+                              float *out_logprobs, gpt2_error *err) {
     cpu_state *s = be->ctx;
     int V = be->model->cfg.vocab_size;
     if (n < 0 || n > s->n_rows)
         return gpt2_fail(err, GPT2_ERR_ARG, "sample: %d rows asked, the last forward made %d", n, s->n_rows);
     for (int i = 0; i < n; i++) {
-        memcpy(s->work, s->logits + (size_t)i * V, sizeof(float) * (size_t)V);
+        const float *raw = s->logits + (size_t)i * V;
+        memcpy(s->work, raw, sizeof(float) * (size_t)V);
         out_tokens[i] = gpt2_sample_row(s->work, V, &reqs[i], &s->scratch);
+        if (out_logprobs) { /* log_softmax of the raw row at the token, with the max subtracted */
+            float mx = raw[0];
+            for (int v = 1; v < V; v++) mx = raw[v] > mx ? raw[v] : mx;
+            double sum = 0.0;
+            for (int v = 0; v < V; v++) sum += exp((double)raw[v] - mx);
+            out_logprobs[i] = (float)((double)raw[out_tokens[i]] - mx - log(sum));
+        }
     }
     return GPT2_OK;
 }

@@ -19,6 +19,7 @@ typedef struct {
     gpt2_dtype dtype;
     int allow_tf32;
     int threads;
+    int no_cuda_graphs; /* GPT2_CUDA_GRAPHS=0 in the environment */
 } cli_common;
 
 void cli_common_init(cli_common *c);

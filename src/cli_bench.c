@@ -24,11 +24,6 @@
 #include "cli.h"
 #include "util.h"
 
-/* Device memory in use on the current CUDA device (cudaMemGetInfo: total - free, every process)
- * and its size. Not in backend.h yet (proposed there by the benchmark's author); declared weak so
- * that the bench links without it and reports device memory as null until the library has it. */
-gpt2_status gpt2_cuda_mem_info(size_t *used_bytes, size_t *total_bytes, gpt2_error *err) __attribute__((weak));
-
 enum { OPT_BATCH = 4000, OPT_PROMPT_LEN, OPT_GEN_LEN, OPT_WARMUP, OPT_SEED, OPT_JSON, OPT_PROMPT_IDS, OPT_MAX_TOKENS };
 enum { MAX_BATCHES = 32, MAX_BATCH = 65536, MAX_PROMPT_LEN = 1 << 20, DEFAULT_MAX_TOKENS = 8192 };
 
@@ -242,7 +237,7 @@ static gpt2_status generate_fixed(gpt2_backend *be, gen_scratch *g, int B, int P
         for (int k = 0; k < n_fin; k++)
             g->reqs[k] = (gpt2_sample_req){.p = &greedy, .step = 0, .history = g->hist + (first + k) * W,
                                            .n_history = P, .n_prompt = P};
-        if (n_fin > 0 && (st = be->sample(be, g->reqs, n_fin, g->sampled, err)) != GPT2_OK) return st;
+        if (n_fin > 0 && (st = be->sample(be, g->reqs, n_fin, g->sampled, NULL, err)) != GPT2_OK) return st;
         for (int k = 0; k < n_fin; k++) g->hist[(first + k) * W + P] = g->sampled[k];
     }
     double t1 = now_s();
@@ -257,7 +252,7 @@ static gpt2_status generate_fixed(gpt2_backend *be, gen_scratch *g, int B, int P
                                            .n_prompt = P};
         }
         if ((st = be->forward(be, g->chunks, B, 0, err)) != GPT2_OK) return st;
-        if ((st = be->sample(be, g->reqs, B, g->sampled, err)) != GPT2_OK) return st;
+        if ((st = be->sample(be, g->reqs, B, g->sampled, NULL, err)) != GPT2_OK) return st;
         for (int b = 0; b < B; b++) g->hist[b * W + P + t] = g->sampled[b];
         g->step_s[t - 1] = now_s() - ts;
     }
@@ -269,7 +264,7 @@ static gpt2_status generate_fixed(gpt2_backend *be, gen_scratch *g, int B, int P
 static int device_mem_mib(double *used, double *total) {
     size_t u, t;
     gpt2_error err = {0};
-    if (!gpt2_cuda_mem_info || gpt2_cuda_mem_info(&u, &t, &err) != GPT2_OK) return -1;
+    if (gpt2_cuda_mem_info(&u, &t, &err) != GPT2_OK) return -1;
     *used = (double)u / (1 << 20);
     *total = (double)t / (1 << 20);
     return 0;
@@ -294,7 +289,8 @@ static gpt2_status bench_batch(const cli_common *c, const bench_args *a, const g
     long auto_tokens = (long)B * P < DEFAULT_MAX_TOKENS ? (long)B * P : DEFAULT_MAX_TOKENS;
     r->max_tokens = a->max_tokens ? a->max_tokens : (int)(auto_tokens > B ? auto_tokens : B);
     gpt2_backend_opts o = {.max_slots = B, .max_seq = P + G, .max_tokens = r->max_tokens, .all_logits = 0,
-                           .dtype = c->dtype, .allow_tf32 = c->allow_tf32, .n_threads = c->threads};
+                           .dtype = c->dtype, .allow_tf32 = c->allow_tf32, .n_threads = c->threads,
+                           .no_cuda_graphs = c->no_cuda_graphs};
     /* Device memory before the backend exists (the CUDA context included) and after the timed run. */
     double mem_total;
     int have_before = strcmp(c->device, "cpu") && device_mem_mib(&r->dev_before_mib, &mem_total) == 0;

@@ -768,7 +768,8 @@ static int plan_opts(const cli_common *c, const gen_args *a, const gpt2_model *m
     if (slots > n_reqs) slots = n_reqs > 0 ? n_reqs : 1;
     *o = (gpt2_backend_opts){.max_slots = slots, .max_seq = longest,
                              .max_tokens = slots + (cuda ? 4096 : 256), .dtype = c->dtype,
-                             .allow_tf32 = c->allow_tf32, .n_threads = c->threads};
+                             .allow_tf32 = c->allow_tf32, .n_threads = c->threads,
+                             .no_cuda_graphs = c->no_cuda_graphs};
     return 0;
 }
 

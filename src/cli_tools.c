@@ -143,7 +143,8 @@ int cmd_logits(int argc, char **argv) {
     /* One sequence; prefill in pieces of at most 512 tokens so the logits buffer stays small. */
     int piece = T < 512 ? (int)T : 512;
     gpt2_backend_opts o = {.max_slots = 1, .max_seq = (int)T, .max_tokens = piece, .all_logits = 1,
-                           .dtype = c.dtype, .allow_tf32 = c.allow_tf32, .n_threads = c.threads};
+                           .dtype = c.dtype, .allow_tf32 = c.allow_tf32, .n_threads = c.threads,
+                           .no_cuda_graphs = c.no_cuda_graphs};
     size_t bytes;
     if (gpt2_mul3_size(T, (size_t)V, sizeof(float), &bytes) || !(logits = malloc(bytes))) {
         fprintf(stderr, "gpt2 logits: cannot allocate %zu x %d logits\n", T, V);

@@ -248,7 +248,7 @@ gpt2_status gpt2_generate(gpt2_backend *be, const gpt2_tokenizer *tok, int eot, 
         }
         if ((st = be->forward(be, s.chunks, n_chunks, 0, err)) != GPT2_OK) goto out;
         for (int k = 0; k < n_chunks; k++) s.slots[s.chunks[k].slot].n_cached += s.chunks[k].n;
-        if (n_full > 0 && (st = be->sample(be, s.sr, n_full, s.sampled, err)) != GPT2_OK) goto out;
+        if (n_full > 0 && (st = be->sample(be, s.sr, n_full, s.sampled, NULL, err)) != GPT2_OK) goto out;
         for (int k = 0; k < n_full; k++) {
             slot_state *sl = &s.slots[s.chunk_slot[k]];
             if (s.sampled[k] == GPT2_SAMPLE_NONFINITE) {
