@@ -43,7 +43,7 @@ LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_OBJS)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 
-.PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind
+.PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind bench-kernels
 all: $(BUILD)/gpt2 $(BUILD)/libgpt2.a
 
 $(BUILD)/%.o: %.c
@@ -73,6 +73,19 @@ TEST_ARGS ?=
 test: $(BUILD)/gpt2 $(BUILD)/test_gpt2
 	GPT2_BIN=$(BUILD)/gpt2 $(BUILD)/test_gpt2 --json=$(BUILD)/test-report.json $(TEST_ARGS); rc=$$?; \
 	python3 tools/test_summary.py $(BUILD)/test-report.json && exit $$rc
+
+# Per-kernel microbenchmarks on the GPU (bench/bench_kernels.c): copy bandwidth, GEMV vs cuBLAS and its
+# crossover, the decode step's breakdown. Without a GPU it says so and exits 0.
+BENCH_ARGS ?=
+ifeq ($(CUDA),1)
+$(BUILD)/bench_kernels: $(BUILD)/bench/bench_kernels.o $(BUILD)/libgpt2.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+bench-kernels: $(BUILD)/bench_kernels
+	$(BUILD)/bench_kernels --commit "$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" $(BENCH_ARGS)
+else
+bench-kernels:
+	@echo "bench-kernels: built without CUDA (nvcc not found, or CUDA=0): nothing to measure"
+endif
 
 # The CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
 asan:
@@ -119,4 +132,4 @@ gpu-check:
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz build-gpu
 
--include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/bench/bench_kernels.d

@@ -111,6 +111,7 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
     x->device = 0;
     CUDA_TRY(cudaSetDevice(x->device));
     CUDA_TRY(cudaGetDeviceProperties(&prop, x->device));
+    x->n_sm = prop.multiProcessorCount;
     CUDA_TRY(cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking));
     CUBLAS_TRY(cublasCreate(&x->cublas));
     CUBLAS_TRY(cublasSetStream(x->cublas, x->stream)); /* before cublasSetWorkspace, which it would reset */

@@ -17,9 +17,17 @@
  * (CUBLAS_COMPUTE_32F_FAST_TF32); fp16/bf16: tensor cores with CUBLAS_COMPUTE_32F accumulation and
  * reductions kept in float (CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION).
  *
+ * Few rows (decode, short prompts: N <= plan.gemv_max_rows): the products run on kernels/gemv.cu
+ * instead, split-K over the SMs with 16-byte weight loads, the lm_head on its nn.Linear-layout twin;
+ * the MLP's up projection has its bias and GELU in the GEMV's epilogue (one pass, no separate GELU
+ * launch). cuBLAS stays for more rows, where the weights are reused across rows and the tensor cores
+ * pay. The crossover is a plan parameter (GEMV_MAX_ROWS in cuda_internal.h; bench/bench_kernels.cu
+ * measures it).
+ *
  * Biases: the QKV bias is added by kv_append and the attention kernels as they read q, k, v; the
- * attention-output and MLP-down biases by the fused residual + layernorm; the MLP-up bias by GELU. So
- * every GEMM runs without bias and no pass exists only to add one.
+ * attention-output and MLP-down biases by the fused residual + layernorm (which needs the whole row
+ * for its statistics anyway, so the residual add stays there rather than in a GEMV epilogue); the
+ * MLP-up bias by GELU (fused into the GEMV for few rows). So no pass exists only to add a bias.
  *
  * Decode (every chunk has n == 1) runs as a CUDA graph per batch-size bucket (1, 2, 4, ...,
  * max_slots), captured on first use. The kernels read tokens, positions and slots from device arrays
@@ -38,6 +46,7 @@
 #include "../kernels/attention_prefill.cuh"
 #include "../kernels/encoder.cuh"
 #include "../kernels/gelu.cuh"
+#include "../kernels/gemv.cuh"
 #include "../kernels/kv_append.cuh"
 #include "../kernels/layernorm.cuh"
 
@@ -53,10 +62,31 @@ static gpt2_status gemm_conv1d(gpt2_cuda_ctx *x, void *out, const void *inp, con
     return GPT2_OK;
 }
 
+/* out (N, OC) = inp (N, K) @ w (K, OC), then GELU(. + bias) when gelu (bias (OC)): the GEMV for few
+ * rows (bias and GELU in its epilogue), else cuBLAS followed by the GELU kernel. */
+static gpt2_status linear(gpt2_cuda_ctx *x, gpt2_dtype dt, void *out, const void *inp, const void *w,
+                          const void *gelu_bias, int gelu, int N, int K, int OC, gpt2_error *err) {
+    if (N <= x->plan.gemv_max_rows) {
+        const int ks = gemv_pick_ksplit(K, OC, dt, x->n_sm);
+        CUDA_CHECK(gemv_forward_cuda(out, inp, w, gelu ? gelu_bias : NULL, N, K, OC, gelu, ks, x->a.gemv_scratch,
+                                     x->plan.gemv_scratch_floats, x->a.gemv_counters, x->plan.gemv_n_counters, dt,
+                                     x->stream));
+        return GPT2_OK;
+    }
+    gpt2_status r = gemm_conv1d(x, out, inp, w, N, K, OC, err);
+    if (r != GPT2_OK || !gelu) return r;
+    CUDA_CHECK(gelu_bias_forward_cuda(out, out, gelu_bias, N, OC, dt, x->stream));
+    return GPT2_OK;
+}
+
 /* logits (N, Vp) float = inp (N, C) @ lm_head^T, lm_head (Vp, C). */
 static gpt2_status gemm_unembed(gpt2_cuda_ctx *x, float *logits, const void *inp, const void *lm_head, int N, int C,
-                                int Vp, gpt2_error *err) {
+                                int Vp, gpt2_dtype dt, gpt2_error *err) {
     const float alpha = 1.0f, beta = 0.0f;
+    if (N <= x->plan.gemv_max_rows) { /* the pad rows of lm_head are zero: their logits too, as with cuBLAS */
+        CUDA_CHECK(gemv_nt_forward_cuda(logits, Vp, inp, lm_head, N, C, Vp, dt, x->stream));
+        return GPT2_OK;
+    }
     CUBLAS_CHECK(cublasGemmEx(x->cublas, CUBLAS_OP_T, CUBLAS_OP_N, Vp, N, C, &alpha, lm_head, x->dt_cuda, C, inp,
                               x->dt_cuda, C, &beta, logits, CUDA_R_32F, Vp, x->compute, CUBLAS_GEMM_DEFAULT));
     return GPT2_OK;
@@ -104,7 +134,7 @@ static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, con
         void *kc = at(x->kv.k, (size_t)l * layer_cache, es), *vc = at(x->kv.v, (size_t)l * layer_cache, es);
         void *qkvb = at(W(QKVB), 3 * lc, es);
 
-        if ((r = gemm_conv1d(x, x->a.qkv, x->a.ln, at(W(QKVW), 3 * lc * C, es), N, C, 3 * C, err))) return r;
+        if ((r = linear(x, dt, x->a.qkv, x->a.ln, at(W(QKVW), 3 * lc * C, es), NULL, 0, N, C, 3 * C, err))) return r;
         CUDA_CHECK(kv_append_cuda(kc, vc, x->a.qkv, qkvb, s->slot, s->pos, N, NH, HS, maxT, S, dt, st));
         if (s->decode)
             CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->slot, s->pos, N, NH, HS, maxT, S,
@@ -112,12 +142,14 @@ static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, con
         else
             CUDA_CHECK(attention_prefill_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->chunks, s->tiles, s->n_tiles, NH,
                                               HS, maxT, S, dt, st));
-        if ((r = gemm_conv1d(x, x->a.tmp, x->a.att, at(W(ATTPROJW), lc * C, es), N, C, C, err))) return r;
+        if ((r = linear(x, dt, x->a.tmp, x->a.att, at(W(ATTPROJW), lc * C, es), NULL, 0, N, C, C, err))) return r;
         CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(ATTPROJB), lc, es), NULL,
                                                    at(W(LN2W), lc, es), at(W(LN2B), lc, es), N, C, eps, dt, st));
-        if ((r = gemm_conv1d(x, x->a.fch, x->a.ln, at(W(FCW), 4 * lc * C, es), N, C, 4 * C, err))) return r;
-        CUDA_CHECK(gelu_bias_forward_cuda(x->a.fch, x->a.fch, at(W(FCB), 4 * lc, es), N, 4 * C, dt, st));
-        if ((r = gemm_conv1d(x, x->a.tmp, x->a.fch, at(W(FCPROJW), 4 * lc * C, es), N, 4 * C, C, err))) return r;
+        if ((r = linear(x, dt, x->a.fch, x->a.ln, at(W(FCW), 4 * lc * C, es), at(W(FCB), 4 * lc, es), 1, N, C, 4 * C,
+                        err)))
+            return r;
+        if ((r = linear(x, dt, x->a.tmp, x->a.fch, at(W(FCPROJW), 4 * lc * C, es), NULL, 0, N, 4 * C, C, err)))
+            return r;
         if (l + 1 < L) /* the next layer's first layernorm */
             CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, es), NULL,
                                                        at(W(LN1W), lc + C, es), at(W(LN1B), lc + C, es), N, C, eps,
@@ -126,7 +158,7 @@ static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, con
             CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, es),
                                                        s->out_row, W(LNFW), W(LNFB), N, C, eps, dt, st));
     }
-    return gemm_unembed(x, x->a.logits, x->a.ln, W(LMHEAD), s->rows, C, x->plan.Vp, err);
+    return gemm_unembed(x, x->a.logits, x->a.ln, W(LMHEAD), s->rows, C, x->plan.Vp, dt, err);
 }
 
 /* Captures the decode forward for one bucket into an executable graph. */

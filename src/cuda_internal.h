@@ -35,6 +35,12 @@ enum {
     VOCAB_PAD = 64,     /* lm_head rows and the logits row stride: V rounded up to this */
     SAMPLE_GROUP = 32,  /* most requests sampled per kernel launch (sizes the sampling scratch) */
     MAX_BUCKETS = 20,   /* decode graph buckets: 1, 2, 4, ..., 2^16, max_slots */
+    /* Forwards of at most this many token rows run their matrix products on kernels/gemv.cu, more rows
+     * on cuBLAS. UNMEASURED default, chosen low on purpose (at M <= 4 the product is bound by reading
+     * the weights once, which the GEMV does with all SMs; cuBLAS's tiles are 64+ rows): `make
+     * bench-kernels` measures the crossover on the GPU and prints it; set this from that. At most
+     * GPT2_GEMV_MAX_M. */
+    GEMV_MAX_ROWS = 4,
 };
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20) /* recommended for Hopper */
 #define STAGING_FLOATS ((size_t)16 << 20)         /* fp32 weights go through 64 MiB at a time when converted */
@@ -86,6 +92,7 @@ typedef struct {
     size_t resid, ln, qkv, att, tmp, fch, logits, kcache, vcache, attn_scratch, inputs;
     size_t s_params, s_hist, s_out, s_lp, s_keys_in, s_keys_out, s_vals_in, s_vals_out, s_cum, s_count, s_seg,
         s_sort;
+    size_t gemv_scratch, gemv_counters;
     size_t cublas_ws;
     size_t total;          /* arena bytes */
     size_t weight_bytes;   /* parts of total, for messages */
@@ -98,6 +105,9 @@ typedef struct {
     int sample_rows;       /* G */
     int hist_cap;          /* history ints for one sampling group */
     size_t attn_scratch_floats;
+    int gemv_max_rows;          /* forwards of <= this many rows use the GEMV kernels (GEMV_MAX_ROWS) */
+    size_t gemv_scratch_floats; /* split-K partials: GPT2_GEMV_MAX_KSPLIT x gemv_max_rows x 4C floats */
+    size_t gemv_n_counters;     /* split-K tickets: gemv_counters(4C) */
     size_t sort_bytes;
     /* int offsets inside the inputs region (device) and its pinned host mirror */
     size_t i_tok, i_pos, i_slot, i_row, i_chunks, i_tiles, i_dtok, i_dpos, i_dslot, n_inputs;
@@ -122,6 +132,8 @@ typedef struct {
     void *fch;            /* (N, 4C) MLP hidden */
     float *logits;        /* (R, Vp) float: columns V.. are cuBLAS padding, never read */
     float *attn_scratch;  /* (S, NH, nsplit, HS + 2) split-attention partials of a decode step */
+    float *gemv_scratch;  /* (ksplit, M, OC) split-K partials of the GEMV kernels, M <= gemv_max_rows */
+    unsigned *gemv_counters; /* (gemv_n_counters) their tickets: zero between launches */
     int *in_d;            /* (n_inputs) per-forward ints: tokens, positions, slots, rows, chunks, tiles */
     int *in_h;            /* (n_inputs) its pinned host mirror (cudaMallocHost, not the arena) */
     cudaEvent_t in_copied; /* the last upload from in_h has completed */
@@ -154,6 +166,7 @@ typedef struct {
 
 typedef struct {
     int device;
+    int n_sm;                         /* multiprocessors: the GEMV kernels' K split */
     cudaStream_t stream;
     cublasHandle_t cublas;
     cudaDataType_t dt_cuda;           /* CUDA_R_32F, CUDA_R_16F or CUDA_R_16BF */

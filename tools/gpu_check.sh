@@ -9,7 +9,10 @@
 #                                 memcheck (compute-sanitizer on the kernel tests), in that order: the
 #                                 sanitizer last, as the step most likely to run out of time
 #   tools/gpu_check.sh full       the longer run for a second command: the whole test suite, racecheck
-#                                 too, gpt2 and gpt2-medium in fp32/fp16/bf16, 32 prompts x 64 tokens
+#                                 too, gpt2 and gpt2-medium in fp32/fp16/bf16, 32 prompts x 64 tokens,
+#                                 and bench_kernels (copy bandwidth, GEMV vs cuBLAS crossover, decode
+#                                 step breakdown: bench/bench_kernels.c, about a minute; not in quick,
+#                                 whose budget it would not fit beside the other steps)
 #   tools/gpu_check.sh selftest   the step runner alone with tiny limits (no GPU needed; `make test`
 #                                 runs it through tests/test_gpu_check.c)
 #
@@ -105,7 +108,8 @@ step_build() {
     case $cc in '' | *[!0-9]*) echo "cannot read the compute capability ('$cc')"; exit 1 ;; esac
     echo "building for sm_$cc (+ PTX) into $GPU_CHECK_BUILD with $GPU_CHECK_JOBS jobs"
     CFLAGS="$DEPS_CFLAGS" LDFLAGS="$DEPS_LDFLAGS" make -j"$GPU_CHECK_JOBS" CUDA=1 CUDA_ARCH="$cc" \
-        BUILD="$GPU_CHECK_BUILD" "$GPU_CHECK_BUILD/gpt2" "$GPU_CHECK_BUILD/test_gpt2" || exit 1
+        BUILD="$GPU_CHECK_BUILD" "$GPU_CHECK_BUILD/gpt2" "$GPU_CHECK_BUILD/test_gpt2" "$GPU_CHECK_BUILD/bench_kernels" ||
+        exit 1
     ldd "$GPU_CHECK_BUILD/test_gpt2" | grep -E 'jansson|pcre2|criterion|git2|nanomsg|cublas|cudart|not found'
     if ldd "$GPU_CHECK_BUILD/test_gpt2" | grep -q 'not found'; then echo "FAILED: libraries not found (above)"; exit 1; fi
     if [ "$MODE" = full ]; then # the kernels' registers and spills, for the record
@@ -213,6 +217,12 @@ step_bench() {
         --gen-len 128 --json "$GPU_CHECK_WORK/bench.json"
 }
 
+step_bench_kernels() {
+    need_gpu
+    [ -x "$GPU_CHECK_BUILD/bench_kernels" ] || { echo "no $GPU_CHECK_BUILD/bench_kernels (the build step failed)"; exit 4; }
+    "$GPU_CHECK_BUILD/bench_kernels" --commit "$GPU_CHECK_COMMIT_NAME" --iters 50 --json "$GPU_CHECK_WORK/bench_kernels.json"
+}
+
 # selftest steps: one that outlives its limit, one that passes, one capped by the budget, one late
 step_selftest_sleep() { echo "sleeping past my limit"; sleep 30; echo "not reached"; }
 step_selftest_ok() { echo "selftest step ran"; }
@@ -230,7 +240,7 @@ fi
 MODE=${1:-}
 case $MODE in
 quick) STEPS="deps:30 build:200 test:150 compare:120 bench:60 oracle:120 memcheck:90"; BUDGET=450 ;;
-full) STEPS="deps:30 build:200 test:240 compare:300 bench:60 oracle:240 memcheck:180 racecheck:180"; BUDGET=560 ;;
+full) STEPS="deps:30 build:200 test:240 compare:300 bench:60 bench_kernels:90 oracle:240 memcheck:180 racecheck:180"; BUDGET=560 ;;
 selftest) STEPS="selftest_sleep:1 selftest_ok:5 selftest_sleep:100 selftest_ok:5"; BUDGET=8 ;;
 *) echo "usage: tools/gpu_check.sh quick|full|selftest   (see the top of the script)" >&2; exit 2 ;;
 esac
@@ -254,6 +264,7 @@ GPU_NAME=$( (have_gpu && "$NVIDIA_SMI" --query-gpu=name,driver_version --format=
 if [ -n "${GPU_CHECK_COMMIT:-}" ]; then COMMIT=$GPU_CHECK_COMMIT
 elif COMMIT=$(git rev-parse --short HEAD 2>/dev/null); then git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT+dirty"
 else COMMIT="unknown (no .git; set GPU_CHECK_COMMIT)"; fi
+export GPU_CHECK_COMMIT_NAME=$COMMIT
 
 write_summary() {
     {
@@ -262,7 +273,7 @@ write_summary() {
         awk -F'\t' '{ printf "%-15s %-8s %6s %6s  %s\n", $1, $2, $3, $4, $5 }' "$LOGDIR/summary.tsv"
     } >"$LOGDIR/summary.txt"
     tar -czf "$LOGDIR/logs.tar.gz" -C "$GPU_CHECK_WORK" logs 2>/dev/null
-    for f in oracle/oracle_results.json bench.json; do
+    for f in oracle/oracle_results.json bench.json bench_kernels.json; do
         [ -f "$GPU_CHECK_WORK/$f" ] && cp "$GPU_CHECK_WORK/$f" "$LOGDIR/$(basename "$f")"
     done
 }

@@ -1,0 +1,597 @@
+/* bench_kernels.c: per-kernel microbenchmarks of the CUDA engine (`make bench-kernels`).
+ *
+ *   build/bench_kernels [--commit ID] [--iters N] [--json FILE]
+ *
+ * 1. The device's copy bandwidth: a 1 GiB device-to-device cudaMemcpyAsync, counting bytes read plus
+ *    bytes written; every "% of copy" below is against this number, not the datasheet.
+ * 2. The decode matrix products at gpt2 (124M) shapes, M = 1..16 rows, fp32 / fp16 / bf16: the GEMV
+ *    kernels (kernels/gemv.cu) against cuBLAS as the forward calls it (the MLP up projection with its
+ *    bias + GELU: fused in the GEMV, cuBLAS + the GELU kernel otherwise). Weights rotate through a
+ *    pool of >= 4x the L2 size so that no timing reads a cached matrix. Achieved GB/s = weight bytes
+ *    / time. The crossover (largest M up to which the GEMV wins on every shape) is printed per dtype:
+ *    that is the number GEMV_MAX_ROWS in src/cuda_internal.h should be set to.
+ * 3. The decode step's breakdown at batch 1 and 8, position 512, fp16: each kernel of one layer and
+ *    of the step's ends timed alone at the step's shapes (x 12 layers), their sum, and a real decode
+ *    step (forward + greedy sample through the CUDA backend, graphs on) of a random gpt2, against the
+ *    floor (weight bytes per step / copy bandwidth).
+ * Every time is the median of --iters runs after warm-up, with CUDA events. Without a GPU the program
+ * says so and exits 0: nothing is measured. */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "gpt2.h"
+#include "sampler.h"
+#include "tensors.h"
+
+#include "../kernels/attention_decode.cuh"
+#include "../kernels/convert.cuh"
+#include "../kernels/encoder.cuh"
+#include "../kernels/gelu.cuh"
+#include "../kernels/gemv.cuh"
+#include "../kernels/kv_append.cuh"
+#include "../kernels/layernorm.cuh"
+#include "../kernels/sample.cuh"
+
+#define CK(call)                                                                                             \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) {                                                                             \
+            fprintf(stderr, "bench_kernels: %s failed: %s at %s:%d\n", #call, cudaGetErrorString(e_), __FILE__, \
+                    __LINE__);                                                                               \
+            exit(1);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+#define CB(call)                                                                                             \
+    do {                                                                                                     \
+        cublasStatus_t s_ = (call);                                                                          \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                                   \
+            fprintf(stderr, "bench_kernels: %s failed: %s at %s:%d\n", #call, cublasGetStatusString(s_),     \
+                    __FILE__, __LINE__);                                                                     \
+            exit(1);                                                                                         \
+        }                                                                                                    \
+    } while (0)
+
+static int g_iters = 50;
+static cudaStream_t g_st;
+static cublasHandle_t g_cublas;
+static int g_nsm;
+static FILE *g_json;
+static int g_json_first = 1;
+
+static void json_rec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void json_rec(const char *fmt, ...) {
+    if (!g_json) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(g_json, "%s\n  ", g_json_first ? "" : ",");
+    vfprintf(g_json, fmt, ap);
+    va_end(ap);
+    g_json_first = 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* An operation to time: run(ctx, i) enqueues iteration i on g_st. */
+typedef void (*op_fn)(void *ctx, int i);
+
+/* Median microseconds of op over g_iters runs after 5 warm-up runs, one event pair per run. */
+static double time_us(op_fn op, void *ctx) {
+    cudaEvent_t ev[2 * 201];
+    const int n = g_iters < 200 ? g_iters : 200;
+    for (int i = 0; i < 2 * n; i++) CK(cudaEventCreate(&ev[i]));
+    for (int i = 0; i < 5; i++) op(ctx, i);
+    CK(cudaStreamSynchronize(g_st));
+    for (int i = 0; i < n; i++) {
+        CK(cudaEventRecord(ev[2 * i], g_st));
+        op(ctx, 5 + i);
+        CK(cudaEventRecord(ev[2 * i + 1], g_st));
+    }
+    CK(cudaStreamSynchronize(g_st));
+    double t[200];
+    for (int i = 0; i < n; i++) {
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
+        t[i] = 1e3 * ms;
+    }
+    for (int i = 0; i < 2 * n; i++) CK(cudaEventDestroy(ev[i]));
+    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    return t[n / 2];
+}
+
+/* Median host microseconds of op (which must finish its own device work) over g_iters runs. */
+static double time_host_us(op_fn op, void *ctx) {
+    const int n = g_iters < 200 ? g_iters : 200;
+    double t[200];
+    for (int i = 0; i < 5; i++) op(ctx, i);
+    for (int i = 0; i < n; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        op(ctx, 5 + i);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        t[i] = 1e6 * (double)(b.tv_sec - a.tv_sec) + 1e-3 * (double)(b.tv_nsec - a.tv_nsec);
+    }
+    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    return t[n / 2];
+}
+
+/* Random values in [-scale, scale) of dtype dt, n of them, on the device. */
+static void *dev_random(size_t n, gpt2_dtype dt, float scale, uint64_t seed) {
+    float *h = malloc(n * sizeof(float)), *f = NULL;
+    void *d = NULL;
+    if (!h) {
+        fprintf(stderr, "bench_kernels: out of host memory\n");
+        exit(1);
+    }
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        h[i] = scale * ((float)(s >> 40) / 8388608.0f - 1.0f);
+    }
+    CK(cudaMalloc((void **)&f, n * sizeof(float)));
+    CK(cudaMemcpy(f, h, n * sizeof(float), cudaMemcpyHostToDevice));
+    free(h);
+    if (dt == GPT2_DTYPE_F32) return f;
+    CK(cudaMalloc(&d, n * 2));
+    CK(convert_cuda(d, dt, f, GPT2_DTYPE_F32, n, 0));
+    CK(cudaDeviceSynchronize());
+    CK(cudaFree(f));
+    return d;
+}
+
+static size_t esz(gpt2_dtype dt) { return dt == GPT2_DTYPE_F32 ? 4 : 2; }
+static const char *dtname(gpt2_dtype dt) { return dt == GPT2_DTYPE_F32 ? "fp32" : dt == GPT2_DTYPE_F16 ? "fp16" : "bf16"; }
+static cudaDataType_t cuda_dt(gpt2_dtype dt) {
+    return dt == GPT2_DTYPE_F32 ? CUDA_R_32F : dt == GPT2_DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* 1. copy bandwidth                                                                               */
+
+typedef struct {
+    void *a, *b;
+    size_t bytes;
+} copy_ctx;
+static void op_copy(void *c_, int i) {
+    copy_ctx *c = c_;
+    CK(cudaMemcpyAsync(i % 2 ? c->a : c->b, i % 2 ? c->b : c->a, c->bytes, cudaMemcpyDeviceToDevice, g_st));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* 2. the matrix products                                                                          */
+
+typedef struct {
+    const char *name;
+    int K, OC, nt, gelu; /* nt: out (M, OC) float = x @ w^T, w (OC, K) */
+} shape_t;
+
+typedef struct {
+    gpt2_dtype dt;
+    const shape_t *sh;
+    int M, use_gemv, ksplit, nslots;
+    char *pool;        /* nslots weight matrices, each `stride` bytes apart */
+    size_t stride;
+    void *x, *out, *bias;
+    float *scratch;
+    size_t scratch_floats;
+    unsigned *counters;
+    size_t n_counters;
+} mm_ctx;
+
+static void op_mm(void *c_, int i) {
+    mm_ctx *c = c_;
+    const shape_t *s = c->sh;
+    const void *w = c->pool + (size_t)(i % c->nslots) * c->stride;
+    const float one = 1.0f, zero = 0.0f;
+    if (c->use_gemv) {
+        if (s->nt)
+            CK(gemv_nt_forward_cuda(c->out, s->OC, c->x, w, c->M, s->K, s->OC, c->dt, g_st));
+        else
+            CK(gemv_forward_cuda(c->out, c->x, w, s->gelu ? c->bias : NULL, c->M, s->K, s->OC, s->gelu, c->ksplit,
+                                 c->scratch, c->scratch_floats, c->counters, c->n_counters, c->dt, g_st));
+        return;
+    }
+    const cudaDataType_t t = cuda_dt(c->dt);
+    if (s->nt) {
+        CB(cublasGemmEx(g_cublas, CUBLAS_OP_T, CUBLAS_OP_N, s->OC, c->M, s->K, &one, w, t, s->K, c->x, t, s->K, &zero,
+                        c->out, CUDA_R_32F, s->OC, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    } else {
+        CB(cublasGemmEx(g_cublas, CUBLAS_OP_N, CUBLAS_OP_N, s->OC, c->M, s->K, &one, w, t, s->OC, c->x, t, s->K, &zero,
+                        c->out, t, s->OC, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        if (s->gelu) CK(gelu_bias_forward_cuda(c->out, c->out, c->bias, c->M, s->OC, c->dt, g_st));
+    }
+}
+
+static void set_math(gpt2_dtype dt) {
+    CB(cublasSetMathMode(g_cublas, dt == GPT2_DTYPE_F32 ? CUBLAS_DEFAULT_MATH
+                                                        : CUBLAS_DEFAULT_MATH |
+                                                              CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+}
+
+/* Returns the crossover for dt: the largest M such that the GEMV wins every shape at every M' <= M. */
+static int bench_products(gpt2_dtype dt, double copy_gbs, size_t l2_bytes) {
+    const shape_t shapes[] = {{"qkv", 768, 2304, 0, 0},    {"attn_proj", 768, 768, 0, 0},
+                              {"mlp_up+gelu", 768, 3072, 0, 1}, {"mlp_down", 3072, 768, 0, 0},
+                              {"lm_head", 768, 50304, 1, 0}};
+    const int n_shapes = 5;
+    int crossover = GPT2_GEMV_MAX_M, lost = 0;
+    set_math(dt);
+    printf("\n%s matrix products (weights rotating through >= 4x L2; GB/s = weight bytes / time)\n", dtname(dt));
+    printf("%-12s %3s %10s %10s %9s %7s %10s %7s  %s\n", "shape", "M", "gemv us", "cublas us", "gemv GB/s", "% copy",
+           "cublas GB/s", "% copy", "faster");
+    for (int M = 1; M <= GPT2_GEMV_MAX_M; M++) {
+        int all_won = 1;
+        for (int si = 0; si < n_shapes; si++) {
+            const shape_t *s = &shapes[si];
+            const size_t wbytes = (size_t)s->K * s->OC * esz(dt), stride = (wbytes + 255) & ~(size_t)255;
+            const size_t pool_bytes = 4 * l2_bytes > 256u << 20 ? 4 * l2_bytes : (size_t)256 << 20;
+            int nslots = (int)(pool_bytes / stride);
+            if (nslots < 2) nslots = 2;
+            mm_ctx c = {.dt = dt, .sh = s, .M = M, .nslots = nslots, .stride = stride};
+            c.pool = dev_random(stride / esz(dt) * (size_t)nslots, dt, 1.0f / sqrtf((float)s->K), 7 + (uint64_t)si);
+            c.x = dev_random((size_t)M * s->K, dt, 1.0f, 3);
+            c.bias = dev_random((size_t)s->OC, dt, 0.1f, 4);
+            CK(cudaMalloc(&c.out, (size_t)M * s->OC * 4));
+            c.ksplit = gemv_pick_ksplit(s->K, s->OC, dt, g_nsm);
+            c.scratch_floats = gemv_scratch_floats(M, s->OC, c.ksplit);
+            c.n_counters = gemv_counters(s->OC);
+            CK(cudaMalloc((void **)&c.scratch, (c.scratch_floats ? c.scratch_floats : 1) * sizeof(float)));
+            CK(cudaMalloc((void **)&c.counters, c.n_counters * sizeof(unsigned)));
+            CK(cudaMemset(c.counters, 0, c.n_counters * sizeof(unsigned)));
+            c.use_gemv = 1;
+            const double tg = time_us(op_mm, &c);
+            c.use_gemv = 0;
+            const double tc = time_us(op_mm, &c);
+            const double gg = (double)wbytes / tg / 1e3, gc = (double)wbytes / tc / 1e3;
+            printf("%-12s %3d %10.2f %10.2f %9.0f %6.0f%% %10.0f %6.0f%%  %s\n", s->name, M, tg, tc, gg,
+                   100 * gg / copy_gbs, gc, 100 * gc / copy_gbs, tg <= tc ? "gemv" : "cublas");
+            json_rec("{\"kind\": \"product\", \"dtype\": \"%s\", \"shape\": \"%s\", \"K\": %d, \"OC\": %d, \"M\": %d, "
+                     "\"ksplit\": %d, \"gemv_us\": %.3f, \"cublas_us\": %.3f, \"gemv_gbs\": %.1f, \"cublas_gbs\": %.1f}",
+                     dtname(dt), s->name, s->K, s->OC, M, c.ksplit, tg, tc, gg, gc);
+            if (tg > tc) all_won = 0;
+            CK(cudaFree(c.pool));
+            CK(cudaFree(c.x));
+            CK(cudaFree(c.bias));
+            CK(cudaFree(c.out));
+            CK(cudaFree(c.scratch));
+            CK(cudaFree(c.counters));
+        }
+        if (!all_won && !lost) {
+            crossover = M - 1;
+            lost = 1;
+        }
+    }
+    printf("crossover %s: the GEMV is faster on every shape for M <= %d (measured; the plan's GEMV_MAX_ROWS is "
+           "an unmeasured default until set from this)\n", dtname(dt), crossover);
+    json_rec("{\"kind\": \"crossover\", \"dtype\": \"%s\", \"gemv_max_rows\": %d}", dtname(dt), crossover);
+    return crossover;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* 3. the decode step                                                                              */
+
+enum { C_ = 768, NH_ = 12, HS_ = 64, L_ = 12, V_ = 50257, VP_ = 50304, MAXT_ = 1024, POS_ = 512 };
+
+typedef struct {
+    int which, B;
+    gpt2_dtype dt;
+    void *x, *ln, *qkv, *att, *tmp, *fch, *resid, *wqkv, *wproj, *wfc, *wfcp, *bfc, *lnw, *lnb, *wte, *wpe;
+    void *kc, *vc;
+    float *logits, *attn_scr, *gscr;
+    size_t attn_scr_n, gscr_n;
+    unsigned *cnt;
+    int *tok, *pos, *slot;
+    gpt2_cuda_sample_scratch sscr;
+    gpt2_cuda_sample_params *sparams;
+    int *shist, *sout;
+} step_ctx;
+
+enum { K_ENC, K_LN, K_QKV, K_KV, K_ATT, K_PROJ, K_RLN, K_FC, K_FCP, K_LMHEAD, K_SAMPLE, K_N };
+static const char *const k_names[K_N] = {"encoder",      "layernorm",     "gemv qkv",          "kv_append",
+                                         "attention_decode", "gemv attn_proj", "residual+layernorm", "gemv mlp_up+gelu",
+                                         "gemv mlp_down", "gemv lm_head",  "sample (greedy)"};
+static const int k_per_layer[K_N] = {0, 0, 1, 1, 1, 1, 2, 1, 1, 0, 0}; /* times per layer; 0: once per step */
+
+static void gemv_or_die(step_ctx *c, void *out, const void *in, const void *w, const void *b, int K, int OC, int gelu) {
+    CK(gemv_forward_cuda(out, in, w, b, c->B, K, OC, gelu, gemv_pick_ksplit(K, OC, c->dt, g_nsm), c->gscr, c->gscr_n,
+                         c->cnt, gemv_counters(4 * C_), c->dt, g_st));
+}
+
+static void op_step_kernel(void *c_, int i) {
+    step_ctx *c = c_;
+    const int B = c->B, C = C_;
+    (void)i;
+    switch (c->which) {
+    case K_ENC: CK(encoder_forward_cuda(c->resid, c->tok, c->pos, c->wte, c->wpe, B, C, V_, MAXT_, c->dt, g_st)); break;
+    case K_LN: CK(layernorm_forward_cuda(c->ln, c->resid, c->lnw, c->lnb, B, C, 1e-5f, c->dt, g_st)); break;
+    case K_QKV: gemv_or_die(c, c->qkv, c->ln, c->wqkv, NULL, C, 3 * C, 0); break;
+    case K_KV:
+        CK(kv_append_cuda(c->kc, c->vc, c->qkv, NULL, c->slot, c->pos, B, NH_, HS_, MAXT_, B, c->dt, g_st));
+        break;
+    case K_ATT:
+        CK(attention_decode_cuda(c->att, c->qkv, NULL, c->kc, c->vc, c->slot, c->pos, B, NH_, HS_, MAXT_, B,
+                                 c->attn_scr, c->attn_scr_n, c->dt, g_st));
+        break;
+    case K_PROJ: gemv_or_die(c, c->tmp, c->att, c->wproj, NULL, C, C, 0); break;
+    case K_RLN:
+        CK(residual_layernorm_forward_cuda(c->ln, c->resid, c->tmp, c->lnb, NULL, c->lnw, c->lnb, B, C, 1e-5f, c->dt,
+                                           g_st));
+        break;
+    case K_FC: gemv_or_die(c, c->fch, c->ln, c->wfc, c->bfc, C, 4 * C, 1); break;
+    case K_FCP: gemv_or_die(c, c->tmp, c->fch, c->wfcp, NULL, 4 * C, C, 0); break;
+    case K_LMHEAD: CK(gemv_nt_forward_cuda(c->logits, VP_, c->ln, c->wte, B, C, VP_, c->dt, g_st)); break;
+    case K_SAMPLE:
+        CK(sample_cuda(c->sout, NULL, c->logits, V_, VP_, c->sparams, c->shist, B, 0, &c->sscr, g_st));
+        break;
+    }
+}
+
+/* A random gpt2 (124M shapes) on the host, as tests/test_cuda.c's random_gpt2. */
+static gpt2_model *random_gpt2(void) {
+    gpt2_model *m = calloc(1, sizeof *m);
+    if (!m) exit(1);
+    m->cfg = (gpt2_config){.n_layer = L_, .n_head = NH_, .n_embd = C_, .n_positions = MAXT_, .vocab_size = V_,
+                           .layer_norm_epsilon = 1e-5f, .tie_word_embeddings = 1};
+    gpt2_weights *w = &m->w;
+    size_t n[GPT2_N_TENSORS] = {0};
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
+        if (k == GPT2_T_LMHEAD) continue;
+        if (gpt2_tensor_numel(&m->cfg, (gpt2_tensor_kind)k, NULL, &n[k])) exit(1);
+        w->n_floats += n[k];
+    }
+    w->memory = malloc(sizeof(float) * w->n_floats);
+    if (!w->memory) exit(1);
+    float *at = w->memory;
+    uint64_t s = 12345;
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
+        if (k == GPT2_T_LMHEAD) continue;
+        *gpt2_tensor_field(w, (gpt2_tensor_kind)k) = at;
+        const int lnw = k == GPT2_T_LN1W || k == GPT2_T_LN2W || k == GPT2_T_LNFW;
+        for (size_t e = 0; e < n[k]; e++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            const float u = (float)(s >> 40) / 8388608.0f - 1.0f;
+            at[e] = lnw ? 1.0f + 0.1f * u : 0.0346f * u;
+        }
+        at += n[k];
+    }
+    w->lm_head = w->wte;
+    w->tied = 1;
+    return m;
+}
+
+typedef struct {
+    gpt2_backend *be;
+    gpt2_chunk ch[8];
+    int B, tokens[8];
+    gpt2_sample_req req[8];
+    gpt2_sampling sp;
+    int out[8];
+} real_ctx;
+
+static void op_real_step(void *c_, int i) {
+    real_ctx *c = c_;
+    gpt2_error err = {0};
+    for (int b = 0; b < c->B; b++) c->ch[b].pos = POS_ + (i % 64); /* stay below max_seq; the cache is already there */
+    if (c->be->forward(c->be, c->ch, c->B, 0, &err) != GPT2_OK || c->be->sample(c->be, c->req, c->B, c->out, NULL, &err)) {
+        fprintf(stderr, "bench_kernels: decode step: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static void bench_step(int B, double copy_gbs) {
+    const gpt2_dtype dt = GPT2_DTYPE_F16;
+    const size_t es = 2, C = C_;
+    step_ctx c = {.B = B, .dt = dt};
+    c.resid = dev_random((size_t)B * C, dt, 1.0f, 1);
+    c.ln = dev_random((size_t)B * C, dt, 1.0f, 2);
+    c.qkv = dev_random((size_t)B * 3 * C, dt, 1.0f, 3);
+    c.att = dev_random((size_t)B * C, dt, 1.0f, 4);
+    c.tmp = dev_random((size_t)B * C, dt, 1.0f, 5);
+    c.fch = dev_random((size_t)B * 4 * C, dt, 1.0f, 6);
+    c.wqkv = dev_random(C * 3 * C, dt, 0.03f, 7);
+    c.wproj = dev_random(C * C, dt, 0.03f, 8);
+    c.wfc = dev_random(C * 4 * C, dt, 0.03f, 9);
+    c.wfcp = dev_random(4 * C * C, dt, 0.03f, 10);
+    c.bfc = dev_random(4 * C, dt, 0.03f, 11);
+    c.lnw = dev_random(C, dt, 1.0f, 12);
+    c.lnb = dev_random(C, dt, 0.1f, 13);
+    c.wte = dev_random((size_t)VP_ * C, dt, 0.03f, 14);
+    c.wpe = dev_random((size_t)MAXT_ * C, dt, 0.03f, 15);
+    c.kc = dev_random((size_t)B * MAXT_ * C, dt, 1.0f, 16);
+    c.vc = dev_random((size_t)B * MAXT_ * C, dt, 1.0f, 17);
+    CK(cudaMalloc((void **)&c.logits, (size_t)B * VP_ * sizeof(float)));
+    c.attn_scr_n = attention_decode_scratch_floats(B, NH_, HS_, MAXT_);
+    CK(cudaMalloc((void **)&c.attn_scr, c.attn_scr_n * sizeof(float)));
+    c.gscr_n = gemv_scratch_floats(B, 4 * C_, GPT2_GEMV_MAX_KSPLIT);
+    CK(cudaMalloc((void **)&c.gscr, c.gscr_n * sizeof(float)));
+    CK(cudaMalloc((void **)&c.cnt, gemv_counters(4 * C_) * sizeof(unsigned)));
+    CK(cudaMemset(c.cnt, 0, gemv_counters(4 * C_) * sizeof(unsigned)));
+    int h[8];
+    CK(cudaMalloc((void **)&c.tok, sizeof h));
+    CK(cudaMalloc((void **)&c.pos, sizeof h));
+    CK(cudaMalloc((void **)&c.slot, sizeof h));
+    for (int b = 0; b < 8; b++) h[b] = 100 + b;
+    CK(cudaMemcpy(c.tok, h, sizeof h, cudaMemcpyHostToDevice));
+    for (int b = 0; b < 8; b++) h[b] = POS_;
+    CK(cudaMemcpy(c.pos, h, sizeof h, cudaMemcpyHostToDevice));
+    for (int b = 0; b < 8; b++) h[b] = b;
+    CK(cudaMemcpy(c.slot, h, sizeof h, cudaMemcpyHostToDevice));
+    /* the sampler's scratch and greedy parameters */
+    gpt2_cuda_sample_scratch *ss = &c.sscr;
+    ss->rows = B, ss->V = V_;
+    const size_t GV = (size_t)B * V_;
+    CK(cudaMalloc((void **)&ss->keys_in, GV * 4));
+    CK(cudaMalloc((void **)&ss->keys_out, GV * 4));
+    CK(cudaMalloc((void **)&ss->vals_in, GV * 4));
+    CK(cudaMalloc((void **)&ss->vals_out, GV * 4));
+    CK(cudaMalloc((void **)&ss->cum, GV * 8));
+    CK(cudaMalloc((void **)&ss->count, GV * 4));
+    CK(cudaMemset(ss->count, 0, GV * 4));
+    CK(cudaMalloc((void **)&ss->seg, 2 * (size_t)B * 4));
+    CK(sample_cuda_sort_bytes(B, V_, &ss->sort_bytes));
+    CK(cudaMalloc(&ss->sort_temp, ss->sort_bytes ? ss->sort_bytes : 1));
+    gpt2_cuda_sample_params prm[8];
+    memset(prm, 0, sizeof prm);
+    for (int b = 0; b < B; b++) prm[b].greedy = 1, prm[b].row = b, prm[b].top_p = 1.0f, prm[b].repetition_penalty = 1.0f;
+    CK(cudaMalloc((void **)&c.sparams, sizeof prm));
+    CK(cudaMemcpy(c.sparams, prm, sizeof prm, cudaMemcpyHostToDevice));
+    CK(cudaMalloc((void **)&c.shist, 4));
+    CK(cudaMemset(c.shist, 0, 4));
+    CK(cudaMalloc((void **)&c.sout, sizeof h));
+
+    /* bytes each kernel must move at least (weights, KV read, logits written), for GB/s */
+    const double kv_bytes = 2.0 * B * (POS_ + 1) * C * es;
+    const double need[K_N] = {0, 0, 3.0 * C * C * es, 0, kv_bytes, 1.0 * C * C * es, 0, 4.0 * C * C * es, 4.0 * C * C * es,
+                              (double)VP_ * C * es + 4.0 * B * VP_, 4.0 * B * V_};
+    printf("\ndecode step breakdown, fp16, batch %d, position %d (each kernel alone at the step's shapes, weights "
+           "hot in L2 for the per-layer ones: a lower bound)\n", B, POS_);
+    printf("%-20s %10s %6s %12s %10s %7s\n", "kernel", "us", "x", "us per step", "GB/s", "% copy");
+    double sum = 0;
+    for (int k = 0; k < K_N; k++) {
+        c.which = k;
+        const double t = time_us(op_step_kernel, &c);
+        const int times = k_per_layer[k] ? k_per_layer[k] * L_ : 1;
+        const double gbs = need[k] > 0 ? need[k] / t / 1e3 : 0;
+        sum += t * times;
+        printf("%-20s %10.2f %6d %12.2f %10.0f %6.0f%%\n", k_names[k], t, times, t * times, gbs, 100 * gbs / copy_gbs);
+        json_rec("{\"kind\": \"step_kernel\", \"batch\": %d, \"kernel\": \"%s\", \"us\": %.3f, \"per_step\": %d, "
+                 "\"gbs\": %.1f}", B, k_names[k], t, times, gbs);
+    }
+    /* the floor: every weight read once (the lm_head is wte: counted once), the KV cache read once */
+    const double weight_bytes = (double)L_ * 12.0 * C * C * es + (double)VP_ * C * es;
+    const double floor_us = (weight_bytes + L_ * kv_bytes) / (copy_gbs * 1e3);
+    printf("%-20s %10s %6s %12.2f\n", "sum of kernels", "", "", sum);
+
+    gpt2_model *m = random_gpt2();
+    gpt2_backend_opts o = {.max_slots = B, .max_seq = MAXT_, .max_tokens = B * POS_, .dtype = dt};
+    real_ctx r = {.B = B};
+    gpt2_error err = {0};
+    if (gpt2_backend_create("cuda", m, &o, &r.be, &err) != GPT2_OK) {
+        fprintf(stderr, "bench_kernels: backend: %s\n", err.msg);
+        exit(1);
+    }
+    int *prompt = malloc(sizeof(int) * POS_);
+    if (!prompt) exit(1);
+    for (int t = 0; t < POS_; t++) prompt[t] = (t * 7919) % V_;
+    for (int b = 0; b < B; b++) r.ch[b] = (gpt2_chunk){.slot = b, .pos = 0, .n = POS_, .tokens = prompt};
+    if (r.be->forward(r.be, r.ch, B, 0, &err) != GPT2_OK) {
+        fprintf(stderr, "bench_kernels: prefill: %s\n", err.msg);
+        exit(1);
+    }
+    r.sp = gpt2_sampling_default();
+    for (int b = 0; b < B; b++) {
+        r.tokens[b] = 42 + b;
+        r.ch[b] = (gpt2_chunk){.slot = b, .pos = POS_, .n = 1, .tokens = &r.tokens[b]};
+        r.req[b] = (gpt2_sample_req){.p = &r.sp, .history = prompt, .n_history = POS_, .n_prompt = POS_};
+    }
+    /* the backend runs on its own stream and sample() ends with a synchronisation: a host clock
+     * around forward + sample measures the step as a user sees it */
+    const double t_step = time_host_us(op_real_step, &r);
+    printf("%-20s %10s %6s %12.2f   (forward + greedy sample through the backend, graphs %s)\n", "real decode step", "",
+           "", t_step, r.be->warning[0] ? "OFF" : "on");
+    printf("%-20s %10s %6s %12.2f   (weights %.1f MB + KV %.1f MB at %.0f GB/s); real step = %.2fx the floor\n",
+           "floor", "", "", floor_us, weight_bytes / 1e6, L_ * kv_bytes / 1e6, copy_gbs, t_step / floor_us);
+    json_rec("{\"kind\": \"step\", \"batch\": %d, \"sum_kernels_us\": %.2f, \"real_step_us\": %.2f, \"floor_us\": %.2f}",
+             B, sum, t_step, floor_us);
+    gpt2_backend_free(r.be);
+    gpt2_model_free(m);
+    free(prompt);
+    CK(cudaDeviceSynchronize());
+    void *bufs[] = {c.resid, c.ln, c.qkv, c.att, c.tmp, c.fch, c.wqkv, c.wproj, c.wfc, c.wfcp, c.bfc, c.lnw, c.lnb,
+                    c.wte, c.wpe, c.kc, c.vc, c.logits, c.attn_scr, c.gscr, c.cnt, c.tok, c.pos, c.slot, ss->keys_in,
+                    ss->keys_out, ss->vals_in, ss->vals_out, ss->cum, ss->count, ss->seg, ss->sort_temp, c.sparams,
+                    c.shist, c.sout};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) CK(cudaFree(bufs[i]));
+}
+
+int main(int argc, char **argv) {
+    const char *commit = "unknown", *json_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--commit") && i + 1 < argc) commit = argv[++i];
+        else if (!strcmp(argv[i], "--iters") && i + 1 < argc) g_iters = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+        else {
+            fprintf(stderr, "usage: bench_kernels [--commit ID] [--iters N (1..200)] [--json FILE]\n");
+            return 2;
+        }
+    }
+    if (g_iters < 1 || g_iters > 200) {
+        fprintf(stderr, "bench_kernels: --iters %d: expected 1..200\n", g_iters);
+        return 2;
+    }
+    if (gpt2_cuda_device_count() == 0) {
+        printf("bench_kernels: no CUDA GPU visible: nothing measured (run it on a GPU machine: tools/gpu_check.sh "
+               "full)\n");
+        return 0;
+    }
+    struct cudaDeviceProp prop;
+    int drv = 0, rt = 0;
+    CK(cudaSetDevice(0));
+    CK(cudaGetDeviceProperties(&prop, 0));
+    CK(cudaDriverGetVersion(&drv));
+    CK(cudaRuntimeGetVersion(&rt));
+    char kdrv[128] = "?";
+    FILE *f = fopen("/proc/driver/nvidia/version", "r");
+    if (f) {
+        char line[256];
+        if (fgets(line, sizeof line, f)) {
+            const char *k = strstr(line, "Kernel Module");
+            if (k) {
+                snprintf(kdrv, sizeof kdrv, "%s", k + strlen("Kernel Module"));
+                kdrv[strcspn(kdrv, "\n")] = 0;
+            }
+        }
+        fclose(f);
+    }
+    g_nsm = prop.multiProcessorCount;
+    CK(cudaStreamCreate(&g_st));
+    CB(cublasCreate(&g_cublas));
+    CB(cublasSetStream(g_cublas, g_st));
+    if (json_path && !(g_json = fopen(json_path, "w"))) {
+        fprintf(stderr, "bench_kernels: cannot write %s\n", json_path);
+        return 1;
+    }
+    if (g_json) fprintf(g_json, "[");
+    printf("bench_kernels: %s (sm_%d%d, %d SMs, L2 %d MiB), driver%s (CUDA driver API %d, runtime %d), commit %s, "
+           "median of %d runs\n", prop.name, prop.major, prop.minor, g_nsm, prop.l2CacheSize >> 20, kdrv, drv, rt,
+           commit, g_iters);
+    json_rec("{\"kind\": \"device\", \"name\": \"%s\", \"sms\": %d, \"driver\": %d, \"runtime\": %d, \"commit\": "
+             "\"%s\"}", prop.name, g_nsm, drv, rt, commit);
+
+    copy_ctx cc = {.bytes = (size_t)1 << 30};
+    CK(cudaMalloc(&cc.a, cc.bytes));
+    CK(cudaMalloc(&cc.b, cc.bytes));
+    CK(cudaMemset(cc.a, 0x5a, cc.bytes));
+    CK(cudaMemset(cc.b, 0xa5, cc.bytes));
+    const double tcopy = time_us(op_copy, &cc);
+    const double copy_gbs = 2.0 * (double)cc.bytes / tcopy / 1e3;
+    CK(cudaFree(cc.a));
+    CK(cudaFree(cc.b));
+    printf("device-to-device copy: 1 GiB in %.1f us = %.0f GB/s (read + write)\n", tcopy, copy_gbs);
+    json_rec("{\"kind\": \"copy\", \"gbs\": %.1f}", copy_gbs);
+
+    const gpt2_dtype dts[3] = {GPT2_DTYPE_F16, GPT2_DTYPE_BF16, GPT2_DTYPE_F32};
+    int cross[3];
+    for (int i = 0; i < 3; i++) cross[i] = bench_products(dts[i], copy_gbs, (size_t)prop.l2CacheSize);
+    bench_step(1, copy_gbs);
+    bench_step(8, copy_gbs);
+    printf("\nsummary: copy %.0f GB/s; GEMV/cuBLAS crossover fp16 M <= %d, bf16 M <= %d, fp32 M <= %d (plan default "
+           "GEMV_MAX_ROWS, unmeasured: see src/cuda_internal.h)\n", copy_gbs, cross[0], cross[1], cross[2]);
+    if (g_json) {
+        fprintf(g_json, "\n]\n");
+        fclose(g_json);
+    }
+    CB(cublasDestroy(g_cublas));
+    CK(cudaStreamDestroy(g_st));
+    return 0;
+}
