@@ -36,7 +36,6 @@
 #include "../kernels/encoder.cuh"
 #include "../kernels/gelu.cuh"
 #include "../kernels/gemv.cuh"
-#include "../kernels/kv_append.cuh"
 #include "../kernels/layernorm.cuh"
 #include "../kernels/sample.cuh"
 
@@ -296,11 +295,11 @@ typedef struct {
     int *shist, *sout;
 } step_ctx;
 
-enum { K_ENC, K_LN, K_QKV, K_KV, K_ATT, K_PROJ, K_RLN, K_FC, K_FCP, K_LMHEAD, K_SAMPLE, K_N };
-static const char *const k_names[K_N] = {"encoder",      "layernorm",     "gemv qkv",          "kv_append",
-                                         "attention_decode", "gemv attn_proj", "residual+layernorm", "gemv mlp_up+gelu",
+enum { K_ENC, K_LN, K_QKV, K_ATT, K_PROJ, K_RLN, K_FC, K_FCP, K_LMHEAD, K_SAMPLE, K_N };
+static const char *const k_names[K_N] = {"encoder",      "layernorm",     "gemv qkv",
+                                         "attention_decode (+kv_append)", "gemv attn_proj", "residual+layernorm", "gemv mlp_up+gelu",
                                          "gemv mlp_down", "gemv lm_head",  "sample (greedy)"};
-static const int k_per_layer[K_N] = {0, 0, 1, 1, 1, 1, 2, 1, 1, 0, 0}; /* times per layer; 0: once per step */
+static const int k_per_layer[K_N] = {0, 0, 1, 1, 1, 2, 1, 1, 0, 0}; /* times per layer; 0: once per step */
 
 static void gemv_or_die(step_ctx *c, void *out, const void *in, const void *w, const void *b, int K, int OC, int gelu) {
     CK(gemv_forward_cuda(out, in, w, b, c->B, K, OC, gelu, gemv_pick_ksplit(K, OC, c->dt, g_nsm), c->gscr, c->gscr_n,
@@ -315,11 +314,8 @@ static void op_step_kernel(void *c_, int i) {
     case K_ENC: CK(encoder_forward_cuda(c->resid, c->tok, c->pos, c->wte, c->wpe, B, C, V_, MAXT_, c->dt, g_st)); break;
     case K_LN: CK(layernorm_forward_cuda(c->ln, c->resid, c->lnw, c->lnb, B, C, 1e-5f, c->dt, g_st)); break;
     case K_QKV: gemv_or_die(c, c->qkv, c->ln, c->wqkv, NULL, C, 3 * C, 0); break;
-    case K_KV:
-        CK(kv_append_cuda(c->kc, c->vc, c->qkv, NULL, c->slot, c->pos, B, NH_, HS_, MAXT_, B, c->dt, g_st));
-        break;
     case K_ATT:
-        CK(attention_decode_cuda(c->att, c->qkv, NULL, c->kc, c->vc, c->slot, c->pos, B, NH_, HS_, MAXT_, B,
+        CK(attention_decode_cuda(c->att, c->qkv, NULL, c->kc, c->vc, c->slot, c->pos, B, NH_, HS_, MAXT_, B, 1,
                                  c->attn_scr, c->attn_scr_n, c->dt, g_st));
         break;
     case K_PROJ: gemv_or_die(c, c->tmp, c->att, c->wproj, NULL, C, C, 0); break;
@@ -451,11 +447,11 @@ static void bench_step(int B, double copy_gbs) {
 
     /* bytes each kernel must move at least (weights, KV read, logits written), for GB/s */
     const double kv_bytes = 2.0 * B * (POS_ + 1) * C * es;
-    const double need[K_N] = {0, 0, 3.0 * C * C * es, 0, kv_bytes, 1.0 * C * C * es, 0, 4.0 * C * C * es, 4.0 * C * C * es,
+    const double need[K_N] = {0, 0, 3.0 * C * C * es, kv_bytes, 1.0 * C * C * es, 0, 4.0 * C * C * es, 4.0 * C * C * es,
                               (double)VP_ * C * es + 4.0 * B * VP_, 4.0 * B * V_};
     printf("\ndecode step breakdown, fp16, batch %d, position %d (each kernel alone at the step's shapes, weights "
            "hot in L2 for the per-layer ones: a lower bound)\n", B, POS_);
-    printf("%-20s %10s %6s %12s %10s %7s\n", "kernel", "us", "x", "us per step", "GB/s", "% copy");
+    printf("%-30s %10s %6s %12s %10s %7s\n", "kernel", "us", "x", "us per step", "GB/s", "% copy");
     double sum = 0;
     for (int k = 0; k < K_N; k++) {
         c.which = k;
@@ -463,14 +459,14 @@ static void bench_step(int B, double copy_gbs) {
         const int times = k_per_layer[k] ? k_per_layer[k] * L_ : 1;
         const double gbs = need[k] > 0 ? need[k] / t / 1e3 : 0;
         sum += t * times;
-        printf("%-20s %10.2f %6d %12.2f %10.0f %6.0f%%\n", k_names[k], t, times, t * times, gbs, 100 * gbs / copy_gbs);
+        printf("%-30s %10.2f %6d %12.2f %10.0f %6.0f%%\n", k_names[k], t, times, t * times, gbs, 100 * gbs / copy_gbs);
         json_rec("{\"kind\": \"step_kernel\", \"batch\": %d, \"kernel\": \"%s\", \"us\": %.3f, \"per_step\": %d, "
                  "\"gbs\": %.1f}", B, k_names[k], t, times, gbs);
     }
     /* the floor: every weight read once (the lm_head is wte: counted once), the KV cache read once */
     const double weight_bytes = (double)L_ * 12.0 * C * C * es + (double)VP_ * C * es;
     const double floor_us = (weight_bytes + L_ * kv_bytes) / (copy_gbs * 1e3);
-    printf("%-20s %10s %6s %12.2f\n", "sum of kernels", "", "", sum);
+    printf("%-30s %10s %6s %12.2f\n", "sum of kernels", "", "", sum);
 
     gpt2_model *m = random_gpt2();
     gpt2_backend_opts o = {.max_slots = B, .max_seq = MAXT_, .max_tokens = B * POS_, .dtype = dt};
@@ -497,9 +493,9 @@ static void bench_step(int B, double copy_gbs) {
     /* the backend runs on its own stream and sample() ends with a synchronisation: a host clock
      * around forward + sample measures the step as a user sees it */
     const double t_step = time_host_us(op_real_step, &r);
-    printf("%-20s %10s %6s %12.2f   (forward + greedy sample through the backend, graphs %s)\n", "real decode step", "",
+    printf("%-30s %10s %6s %12.2f   (forward + greedy sample through the backend, graphs %s)\n", "real decode step", "",
            "", t_step, r.be->warning[0] ? "OFF" : "on");
-    printf("%-20s %10s %6s %12.2f   (weights %.1f MB + KV %.1f MB at %.0f GB/s); real step = %.2fx the floor\n",
+    printf("%-30s %10s %6s %12.2f   (weights %.1f MB + KV %.1f MB at %.0f GB/s); real step = %.2fx the floor\n",
            "floor", "", "", floor_us, weight_bytes / 1e6, L_ * kv_bytes / 1e6, copy_gbs, t_step / floor_us);
     json_rec("{\"kind\": \"step\", \"batch\": %d, \"sum_kernels_us\": %.2f, \"real_step_us\": %.2f, \"floor_us\": %.2f}",
              B, sum, t_step, floor_us);

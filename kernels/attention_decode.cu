@@ -6,7 +6,12 @@
  * landing in lane j for key j. Block max and exp-sum follow; P V is accumulated the same way, the
  * probabilities broadcast by shuffles. Eight keys are loaded before any of them is used, so that
  * eight loads are in flight per warp. Scores in log2 units (q pre-scaled by log2(e)/sqrt(HS)).
- * Pass 2, one block per (row, head): the usual merge of softmax partials. */
+ * Pass 2, one block per (row, head): the usual merge of softmax partials.
+ * append: the block of a row's last split (the one whose keys end at pos) first writes the new token's
+ * K and V (qkv's k and v plus their bias, rounded to T) into the cache at pos and then reads them
+ * back like any other key (a __syncthreads makes the block's global writes visible to the block).
+ * No other block of the launch reads position pos of that (slot, head), so this replaces the separate
+ * kv_append launch of every decode layer without a race. */
 #include "attention_decode.cuh"
 #include "cuda_common.cuh"
 
@@ -24,9 +29,9 @@ extern "C" size_t attention_decode_scratch_floats(int B, int NH, int HS, int max
 
 template <typename T, int DPL>
 __global__ void __launch_bounds__(DC_THREADS)
-    attention_decode_split_kernel(const T *qkv, const T *qkv_bias, const T *kcache, const T *vcache,
-                                  const int *slot, const int *pos, int B, int NH, int HS, int maxT, int S,
-                                  int nsplit, float qscale, float *part_acc, float *part_ml) {
+    attention_decode_split_kernel(const T *qkv, const T *qkv_bias, T *kcache, T *vcache, const int *slot,
+                                  const int *pos, int B, int NH, int HS, int maxT, int S, int nsplit, int append,
+                                  float qscale, float *part_acc, float *part_ml) {
     __shared__ float red[DC_WARPS];
     __shared__ float wacc[DC_WARPS][32 * DPL];
 
@@ -51,6 +56,20 @@ __global__ void __launch_bounds__(DC_THREADS)
 
     const size_t head = ((size_t)s * NH + h) * (size_t)maxT * HS;
     const int kw = k0 + warp * 32; /* this warp's first key */
+
+    if (append && k1 == len) { /* block-uniform: this is the split holding key p */
+        const T *kn = qkv + (size_t)b * 3 * C + C + (size_t)h * HS, *vn = kn + C;
+        for (int d = threadIdx.x; d < HS; d += DC_THREADS) {
+            float kv = to_float(kn[d]), vv = to_float(vn[d]);
+            if (qkv_bias) {
+                kv += to_float(qkv_bias[C + h * HS + d]);
+                vv += to_float(qkv_bias[2 * C + h * HS + d]);
+            }
+            kcache[head + (size_t)p * HS + d] = from_float<T>(kv);
+            vcache[head + (size_t)p * HS + d] = from_float<T>(vv);
+        }
+        __syncthreads();
+    }
 
     /* scores: lane j ends up holding the score of key kw + j (-inf past k1) */
     float my = -INFINITY;
@@ -154,16 +173,16 @@ __global__ void attention_decode_merge_kernel(T *out, const int *slot, const int
 }
 
 template <typename T, int DPL>
-static cudaError_t launch_decode(T *out, const T *qkv, const T *qkv_bias, const T *kcache, const T *vcache,
-                                 const int *slot, const int *pos, int B, int NH, int HS, int maxT, int S,
-                                 float *scratch, cudaStream_t stream) {
+static cudaError_t launch_decode(T *out, const T *qkv, const T *qkv_bias, T *kcache, T *vcache, const int *slot,
+                                 const int *pos, int B, int NH, int HS, int maxT, int S, int append, float *scratch,
+                                 cudaStream_t stream) {
     const int nsplit = n_splits(maxT);
     float *part_acc = scratch;                                         /* (B, NH, nsplit, HS) */
     float *part_ml = scratch + (size_t)B * NH * nsplit * (size_t)HS;   /* (B, NH, nsplit, 2) */
     const float qscale = 1.4426950408889634f / sqrtf((float)HS);
     dim3 grid1((unsigned)((size_t)B * nsplit), (unsigned)NH);
     attention_decode_split_kernel<T, DPL><<<grid1, DC_THREADS, 0, stream>>>(
-        qkv, qkv_bias, kcache, vcache, slot, pos, B, NH, HS, maxT, S, nsplit, qscale, part_acc, part_ml);
+        qkv, qkv_bias, kcache, vcache, slot, pos, B, NH, HS, maxT, S, nsplit, append, qscale, part_acc, part_ml);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     attention_decode_merge_kernel<T><<<(unsigned)((size_t)B * NH), 64, 0, stream>>>(out, slot, pos, B, NH, HS, maxT, S,
@@ -171,9 +190,9 @@ static cudaError_t launch_decode(T *out, const T *qkv, const T *qkv_bias, const 
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t attention_decode_cuda(void *out, const void *qkv, const void *qkv_bias, const void *kcache,
-                                             const void *vcache, const int *slot, const int *pos, int B, int NH,
-                                             int HS, int maxT, int S, float *scratch, size_t scratch_floats,
+extern "C" cudaError_t attention_decode_cuda(void *out, const void *qkv, const void *qkv_bias, void *kcache,
+                                             void *vcache, const int *slot, const int *pos, int B, int NH, int HS,
+                                             int maxT, int S, int append, float *scratch, size_t scratch_floats,
                                              gpt2_dtype dtype, cudaStream_t stream) {
     if (B < 0 || NH < 1 || NH > 65535 || HS < 1 || HS > 256 || maxT < 1 || S < 1) return cudaErrorInvalidValue;
     if (B == 0) return cudaSuccess;
@@ -183,10 +202,12 @@ extern "C" cudaError_t attention_decode_cuda(void *out, const void *qkv, const v
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         T *o = (T *)out;
-        const T *q = (const T *)qkv, *qb = (const T *)qkv_bias, *kc = (const T *)kcache, *vc = (const T *)vcache;
-        if (HS <= 32) return launch_decode<T, 1>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, scratch, stream);
-        if (HS <= 64) return launch_decode<T, 2>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, scratch, stream);
-        if (HS <= 128) return launch_decode<T, 4>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, scratch, stream);
-        return launch_decode<T, 8>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, scratch, stream);
+        const T *q = (const T *)qkv, *qb = (const T *)qkv_bias;
+        T *kc = (T *)kcache, *vc = (T *)vcache;
+        const int a = append != 0;
+        if (HS <= 32) return launch_decode<T, 1>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, a, scratch, stream);
+        if (HS <= 64) return launch_decode<T, 2>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, a, scratch, stream);
+        if (HS <= 128) return launch_decode<T, 4>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, a, scratch, stream);
+        return launch_decode<T, 8>(o, q, qb, kc, vc, slot, pos, B, NH, HS, maxT, S, a, scratch, stream);
     });
 }

@@ -21,18 +21,22 @@ size_t attention_decode_scratch_floats(int B, int NH, int HS, int maxT);
  *   out    (B, C)          C = NH*HS
  *   qkv    (B, 3C)         q of row b, head h at qkv[b*3C + h*HS]
  *   qkv_bias (3C) or NULL  added to q here
- *   kcache, vcache (S, NH, maxT, HS)  one layer; must already hold positions 0 .. pos[b] of slot[b]
+ *   kcache, vcache (S, NH, maxT, HS)  one layer; must already hold positions 0 .. pos[b] - 1 of slot[b],
+ *                   and position pos[b] too unless append
+ *   append   1: first write row b's own k and v (qkv's k, v parts + qkv_bias) at position pos[b] of
+ *            slot[b], as kv_append_cuda would (the fused decode path: no separate launch); 0: the
+ *            cache already holds them
  *   slot, pos (B) on the device: row b is at position pos[b] and attends to keys 0 .. pos[b]
  *   scratch  attention_decode_scratch_floats(B, NH, HS, maxT) floats, given as scratch_floats
  * Pass 1 computes, per (row, head, split of SPLIT keys), the split's max score, exp-sum and
  * unnormalised P V; pass 2 merges the splits. The grid covers every split that maxT allows and
  * splits past a row's length exit at once, so the launch shape depends only on B (what a CUDA graph
  * needs: the positions live in device memory). A row with slot outside 0..S-1 or pos outside
- * 0..maxT-1 (padding) gets zeros. Twin: attention_forward_cpu with T = 1. HS <= 256. */
-cudaError_t attention_decode_cuda(void *out, const void *qkv, const void *qkv_bias, const void *kcache,
-                                  const void *vcache, const int *slot, const int *pos, int B, int NH, int HS,
-                                  int maxT, int S, float *scratch, size_t scratch_floats, gpt2_dtype dtype,
-                                  cudaStream_t stream);
+ * 0..maxT-1 (padding) gets zeros and writes nothing. Twin: kv_append_cpu (when append) then
+ * attention_forward_cpu with T = 1. HS <= 256. */
+cudaError_t attention_decode_cuda(void *out, const void *qkv, const void *qkv_bias, void *kcache, void *vcache,
+                                  const int *slot, const int *pos, int B, int NH, int HS, int maxT, int S, int append,
+                                  float *scratch, size_t scratch_floats, gpt2_dtype dtype, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

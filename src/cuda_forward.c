@@ -24,6 +24,9 @@
  * pay. The crossover is a plan parameter (GEMV_MAX_ROWS in cuda_internal.h; bench/bench_kernels.cu
  * measures it).
  *
+ * Decode appends the new token's K and V inside the attention kernel (one launch per layer fewer);
+ * prefill keeps kv_append, whose many rows the tiled prefill attention then reads.
+ *
  * Biases: the QKV bias is added by kv_append and the attention kernels as they read q, k, v; the
  * attention-output and MLP-down biases by the fused residual + layernorm (which needs the whole row
  * for its statistics anyway, so the residual add stays there rather than in a GEMV epilogue); the
@@ -135,13 +138,14 @@ static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, con
         void *qkvb = at(W(QKVB), 3 * lc, es);
 
         if ((r = linear(x, dt, x->a.qkv, x->a.ln, at(W(QKVW), 3 * lc * C, es), NULL, 0, N, C, 3 * C, err))) return r;
-        CUDA_CHECK(kv_append_cuda(kc, vc, x->a.qkv, qkvb, s->slot, s->pos, N, NH, HS, maxT, S, dt, st));
-        if (s->decode)
-            CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->slot, s->pos, N, NH, HS, maxT, S,
+        if (s->decode) { /* the new K and V are appended by the attention kernel itself */
+            CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->slot, s->pos, N, NH, HS, maxT, S, 1,
                                              x->a.attn_scratch, x->plan.attn_scratch_floats, dt, st));
-        else
+        } else {
+            CUDA_CHECK(kv_append_cuda(kc, vc, x->a.qkv, qkvb, s->slot, s->pos, N, NH, HS, maxT, S, dt, st));
             CUDA_CHECK(attention_prefill_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->chunks, s->tiles, s->n_tiles, NH,
                                               HS, maxT, S, dt, st));
+        }
         if ((r = linear(x, dt, x->a.tmp, x->a.att, at(W(ATTPROJW), lc * C, es), NULL, 0, N, C, C, err))) return r;
         CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(ATTPROJB), lc, es), NULL,
                                                    at(W(LN2W), lc, es), at(W(LN2B), lc, es), N, C, eps, dt, st));

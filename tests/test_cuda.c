@@ -129,6 +129,16 @@ static float *host_from_dev(const void *d, size_t n, gpt2_dtype dt) {
     return h;
 }
 
+/* h (n) rounded in place to dt's values, through the device conversion. */
+static void round_to_dtype(float *h, size_t n, gpt2_dtype dt) {
+    if (dt == GPT2_DTYPE_F32) return;
+    void *d = dev_from_host(h, n, dt);
+    float *r = host_from_dev(d, n, dt);
+    memcpy(h, r, sizeof(float) * n);
+    free(r);
+    CK(cudaFree(d));
+}
+
 static int *dev_ints(const int *h, size_t n) {
     int *d = dev_poison(n * sizeof(int));
     CK(cudaMemcpy(d, h, n * sizeof(int), cudaMemcpyHostToDevice));
@@ -607,65 +617,87 @@ Test(cuda_kernels, attention_prefill_matches_cpu) {
         }
 }
 
+/* append 0: the cache holds every key; append 1: the kernel first writes each row's own k, v (+ bias)
+ * at its position, as kv_append does (the decode path), and the cache must equal kv_append_cpu's. */
 Test(cuda_kernels, attention_decode_matches_cpu) {
     REQUIRE_GPU();
     const int cfgs[][4] = {{3, 64, 300, 8}, {2, 16, 129, 8}, {1, 200, 260, 8}, {4, 8, 1, 8}, {12, 64, 1024, 8}};
     uint64_t seed = 9;
     for (int ci = 0; ci < 5; ci++)
-        for (int di = 0; di < 3; di++) {
-            const int NH = cfgs[ci][0], HS = cfgs[ci][1], maxT = cfgs[ci][2], S = cfgs[ci][3], C = NH * HS;
-            const gpt2_dtype dt = all_dtypes[di];
-            /* positions at and around the 128-key split boundaries, the first and the last; row 3 is padding */
-            int want_pos[8] = {0, maxT - 1, 127, 0, 128, 129, 255, 256};
-            int slot[8] = {5, 2, 7, 0, 1, 3, 4, 6}, pos[8];
-            const int B = 8;
-            for (int b = 0; b < B; b++) pos[b] = want_pos[b] < maxT ? want_pos[b] : maxT / 2;
-            slot[3] = -1;
-            const size_t cache_n = (size_t)S * NH * maxT * HS;
-            float *kc, *vc, *qkv, *bias;
-            void *d_kc = dev_rand(cache_n, &seed, 1.5f, 0.0f, dt, &kc);
-            void *d_vc = dev_rand(cache_n, &seed, 1.0f, 0.0f, dt, &vc);
-            void *d_qkv = dev_rand((size_t)B * 3 * C, &seed, 1.5f, 0.0f, dt, &qkv);
-            void *d_bias = dev_rand((size_t)3 * C, &seed, 0.5f, 0.0f, dt, &bias);
-            int *d_slot = dev_ints(slot, B), *d_pos = dev_ints(pos, B);
-            const size_t scratch_n = attention_decode_scratch_floats(B, NH, HS, maxT);
-            float *d_scratch = dev_poison(scratch_n * sizeof(float));
-            void *d_out = dev_poison((size_t)B * C * esize(dt));
-            CK(attention_decode_cuda(d_out, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT, S, d_scratch,
-                                     scratch_n, dt, 0));
-            SYNC();
-            float *ref = malloc(sizeof(float) * (size_t)B * C);
-            for (int b = 0; b < B; b++) {
-                if (slot[b] < 0) {
-                    for (int e = 0; e < C; e++) ref[(size_t)b * C + e] = 0.0f;
-                    continue;
+        for (int di = 0; di < 3; di++)
+            for (int append = 0; append < 2; append++) {
+                const int NH = cfgs[ci][0], HS = cfgs[ci][1], maxT = cfgs[ci][2], S = cfgs[ci][3], C = NH * HS;
+                const gpt2_dtype dt = all_dtypes[di];
+                /* positions at and around the 128-key split boundaries, the first and the last; row 3 is padding */
+                int want_pos[8] = {0, maxT - 1, 127, 0, 128, 129, 255, 256};
+                int slot[8] = {5, 2, 7, 0, 1, 3, 4, 6}, pos[8];
+                const int B = 8;
+                for (int b = 0; b < B; b++) pos[b] = want_pos[b] < maxT ? want_pos[b] : maxT / 2;
+                slot[3] = -1;
+                const size_t cache_n = (size_t)S * NH * maxT * HS;
+                float *kc, *vc, *qkv, *bias;
+                void *d_kc = dev_rand(cache_n, &seed, 1.5f, 0.0f, dt, &kc);
+                void *d_vc = dev_rand(cache_n, &seed, 1.0f, 0.0f, dt, &vc);
+                void *d_qkv = dev_rand((size_t)B * 3 * C, &seed, 1.5f, 0.0f, dt, &qkv);
+                void *d_bias = dev_rand((size_t)3 * C, &seed, 0.5f, 0.0f, dt, &bias);
+                int *d_slot = dev_ints(slot, B), *d_pos = dev_ints(pos, B);
+                const size_t scratch_n = attention_decode_scratch_floats(B, NH, HS, maxT);
+                float *d_scratch = dev_poison(scratch_n * sizeof(float));
+                void *d_out = dev_poison((size_t)B * C * esize(dt));
+                CK(attention_decode_cuda(d_out, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT, S, append,
+                                         d_scratch, scratch_n, dt, 0));
+                SYNC();
+                char what[128];
+                snprintf(what, sizeof what, "attention_decode NH=%d HS=%d maxT=%d %s append %d", NH, HS, maxT,
+                         dtype_name(dt), append);
+                if (append) { /* the CPU twin: kv_append_cpu of each real row's k, v + bias, in T */
+                    float *row = malloc(sizeof(float) * 3 * (size_t)C);
+                    cr_assert(row);
+                    for (int b = 0; b < B; b++) {
+                        if (slot[b] < 0) continue;
+                        for (int e = 0; e < 3 * C; e++) row[e] = qkv[(size_t)b * 3 * C + e] + bias[e];
+                        const size_t off = (size_t)slot[b] * NH * maxT * HS;
+                        kv_append_cpu(kc + off, vc + off, row, pos[b], 1, NH, HS, maxT);
+                    }
+                    free(row);
+                    round_to_dtype(kc, cache_n, dt); /* as the device stores them */
+                    round_to_dtype(vc, cache_n, dt);
+                    float *gk = host_from_dev(d_kc, cache_n, dt), *gv = host_from_dev(d_vc, cache_n, dt);
+                    assert_close(gk, kc, cache_n, tol_for(dt, 0, 0), what);
+                    assert_close(gv, vc, cache_n, tol_for(dt, 0, 0), what);
+                    free(gk);
+                    free(gv);
                 }
-                chunk_t c = {slot[b], pos[b], 1};
-                attention_ref(ref, qkv, bias, kc, vc, c, b, NH, HS, maxT);
+                float *ref = malloc(sizeof(float) * (size_t)B * C);
+                for (int b = 0; b < B; b++) {
+                    if (slot[b] < 0) {
+                        for (int e = 0; e < C; e++) ref[(size_t)b * C + e] = 0.0f;
+                        continue;
+                    }
+                    chunk_t c = {slot[b], pos[b], 1};
+                    attention_ref(ref, qkv, bias, kc, vc, c, b, NH, HS, maxT);
+                }
+                float *got = host_from_dev(d_out, (size_t)B * C, dt);
+                assert_close(got, ref, (size_t)B * C, tol_for(dt, 2e-5, 1e-4), what);
+                /* too little scratch is refused, not overrun */
+                cr_assert_neq(attention_decode_cuda(d_out, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT,
+                                                    S, append, d_scratch, scratch_n - 1, dt, 0),
+                              cudaSuccess);
+                free(got);
+                free(ref);
+                free(kc);
+                free(vc);
+                free(qkv);
+                free(bias);
+                CK(cudaFree(d_kc));
+                CK(cudaFree(d_vc));
+                CK(cudaFree(d_qkv));
+                CK(cudaFree(d_bias));
+                CK(cudaFree(d_slot));
+                CK(cudaFree(d_pos));
+                CK(cudaFree(d_scratch));
+                CK(cudaFree(d_out));
             }
-            float *got = host_from_dev(d_out, (size_t)B * C, dt);
-            char what[96];
-            snprintf(what, sizeof what, "attention_decode NH=%d HS=%d maxT=%d %s", NH, HS, maxT, dtype_name(dt));
-            assert_close(got, ref, (size_t)B * C, tol_for(dt, 2e-5, 1e-4), what);
-            /* too little scratch is refused, not overrun */
-            cr_assert_neq(attention_decode_cuda(d_out, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT, S,
-                                                d_scratch, scratch_n - 1, dt, 0),
-                          cudaSuccess);
-            free(got);
-            free(ref);
-            free(kc);
-            free(vc);
-            free(qkv);
-            free(bias);
-            CK(cudaFree(d_kc));
-            CK(cudaFree(d_vc));
-            CK(cudaFree(d_qkv));
-            CK(cudaFree(d_bias));
-            CK(cudaFree(d_slot));
-            CK(cudaFree(d_pos));
-            CK(cudaFree(d_scratch));
-            CK(cudaFree(d_out));
-        }
 }
 
 /* Device scratch for the sampler: G rows of V, the count part zeroed. */
