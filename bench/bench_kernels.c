@@ -426,16 +426,9 @@ static void bench_step(int B, double copy_gbs) {
     gpt2_cuda_sample_scratch *ss = &c.sscr;
     ss->rows = B, ss->V = V_;
     const size_t GV = (size_t)B * V_;
-    CK(cudaMalloc((void **)&ss->keys_in, GV * 4));
-    CK(cudaMalloc((void **)&ss->keys_out, GV * 4));
-    CK(cudaMalloc((void **)&ss->vals_in, GV * 4));
-    CK(cudaMalloc((void **)&ss->vals_out, GV * 4));
-    CK(cudaMalloc((void **)&ss->cum, GV * 8));
+    CK(cudaMalloc((void **)&ss->keys, GV * 4));
     CK(cudaMalloc((void **)&ss->count, GV * 4));
     CK(cudaMemset(ss->count, 0, GV * 4));
-    CK(cudaMalloc((void **)&ss->seg, 2 * (size_t)B * 4));
-    CK(sample_cuda_sort_bytes(B, V_, &ss->sort_bytes));
-    CK(cudaMalloc(&ss->sort_temp, ss->sort_bytes ? ss->sort_bytes : 1));
     gpt2_cuda_sample_params prm[8];
     memset(prm, 0, sizeof prm);
     for (int b = 0; b < B; b++) prm[b].greedy = 1, prm[b].row = b, prm[b].top_p = 1.0f, prm[b].repetition_penalty = 1.0f;
@@ -504,8 +497,8 @@ static void bench_step(int B, double copy_gbs) {
     free(prompt);
     CK(cudaDeviceSynchronize());
     void *bufs[] = {c.resid, c.ln, c.qkv, c.att, c.tmp, c.fch, c.wqkv, c.wproj, c.wfc, c.wfcp, c.bfc, c.lnw, c.lnb,
-                    c.wte, c.wpe, c.kc, c.vc, c.logits, c.attn_scr, c.gscr, c.cnt, c.tok, c.pos, c.slot, ss->keys_in,
-                    ss->keys_out, ss->vals_in, ss->vals_out, ss->cum, ss->count, ss->seg, ss->sort_temp, c.sparams,
+                    c.wte, c.wpe, c.kc, c.vc, c.logits, c.attn_scr, c.gscr, c.cnt, c.tok, c.pos, c.slot, ss->keys,
+                    ss->count, c.sparams,
                     c.shist, c.sout};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) CK(cudaFree(bufs[i]));
 }

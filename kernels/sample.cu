@@ -1,26 +1,39 @@
-/* sample.cu: penalties, argmax, and top-k / top-p / inverse-CDF sampling, one block per request.
+/* sample.cu: penalties, argmax, and top-k / top-p / inverse-CDF sampling, one block per request,
+ * without sorting the vocabulary.
  *
  * The float operations that decide a token are those of src/sampler.c, written with explicit
  * rounding intrinsics so that nvcc cannot contract them into FMAs: x / p and x * p for the repetition
- * penalty, x - (c * f + pres) for frequency and presence, x / temperature. The sort is CUB's stable
- * segmented sort (ties keep the lower id first, as the CPU comparator). What can differ from the CPU
- * is the last bit of a probability (expf there, exp in double here, rounded to float) and the order
- * of the double-precision running sums: both far below what moves a 24-bit uniform draw across a
- * token boundary, except on exact ties of the draw with a boundary.
+ * penalty, x - (c * f + pres) for frequency and presence, x / temperature.
+ *
+ * sampler.c sorts the row (descending, ties by lowest id), keeps the first top_k, then the shortest
+ * prefix whose mass reaches top_p, and draws the first token of that order whose running mass exceeds
+ * uniform * sum. Each of those three cuts is "the first element, in sorted order, at which a running
+ * sum crosses a target" (a running count for top_k), and that element can be found without the
+ * order: a radix select over the keys' order-preserving 32-bit images, 8 bits per pass, MSB first;
+ * each pass histograms the weight (count or probability) of the surviving candidates per digit, and
+ * one thread walks the 256 buckets from the top to the one where the running sum crosses. The
+ * candidates tied at the final key are then taken in id order by a block prefix scan. The set kept
+ * by a cut is {key > t} + {key == t, id <= j}, so the next cut needs no list either. Cost: about 5
+ * passes over the row per cut, instead of a segmented sort of G x V pairs.
+ * What can differ from the CPU is the last bit of a probability (expf there, exp in double here,
+ * rounded to float) and the order of the double-precision sums (bucket by bucket here, sequential
+ * there): far below what moves a 24-bit uniform draw across a token boundary, except on exact ties of
+ * the draw with a boundary; where rounding makes a bucket's finer digits miss a crossing that its
+ * coarse digit showed, the crossing is taken at that bucket's end.
  *
  * Temperature: scaled_i = (l_i - max_j l_j) / T on both backends, so the largest is exactly 0 and no
  * temperature, however small (1e-45), overflows to inf or makes a NaN: a tiny T is greedy in effect.
  * Greedy argmax orders NaN below every number (as src/sampler.c's strict `>` scan does) and returns
  * 0 when logit 0 is NaN, which is where that scan stays. Rows are `ld` floats apart (ld >= V: the
  * logits buffer is padded for cuBLAS); columns V..ld-1 are never read. */
-#include <cub/device/device_segmented_sort.cuh>
+#include <limits.h>
 
 #include "cuda_common.cuh"
 #include "sample.cuh"
 
 using namespace gpt2_cuda;
 
-enum { PREP_THREADS = 512, FIN_THREADS = 1024 };
+enum { PREP_THREADS = 512, SEL_THREADS = 1024 };
 
 /* (v, i) comes before (bv, bi) in argmax order: any number before NaN, larger before smaller, and
  * on ties (NaN with NaN included) the lower index first. A total order, so the reduction's shape
@@ -84,15 +97,12 @@ __device__ float block_sum(float v, float *sv) {
 
 __global__ void __launch_bounds__(PREP_THREADS)
     sample_prep_kernel(int *out, const float *logits, int V, int ld, const gpt2_cuda_sample_params *params,
-                       const int *history, int n, int G, float *keys, int *vals, int *count, int *seg) {
+                       const int *history, int n, float *keys, int *count) {
     __shared__ float sv[PREP_THREADS / 32];
     __shared__ int si[PREP_THREADS / 32];
     const int r = blockIdx.x, tid = threadIdx.x;
     const size_t base = (size_t)r * V;
-    if (r >= n) { /* unused row: an empty segment for the sort */
-        if (tid == 0) seg[r] = seg[G + r] = (int)base;
-        return;
-    }
+    if (r >= n) return;
     const gpt2_cuda_sample_params pr = params[r];
     const float *src = logits + (size_t)pr.row * ld;
     float *x = keys + base;
@@ -144,10 +154,7 @@ __global__ void __launch_bounds__(PREP_THREADS)
             }
         }
         int best = block_argmax(bv, bi, sv, si);
-        if (tid == 0) {
-            out[r] = isnan(x[0]) ? 0 : best; /* the CPU scan never leaves a NaN at index 0 */
-            seg[r] = seg[G + r] = (int)base;
-        }
+        if (tid == 0) out[r] = isnan(x[0]) ? 0 : best; /* the CPU scan never leaves a NaN at index 0 */
         return;
     }
     float mx = -INFINITY;
@@ -155,16 +162,11 @@ __global__ void __launch_bounds__(PREP_THREADS)
     mx = block_max(mx, sv);
     for (int i = tid; i < V; i += blockDim.x) {
         float v = __fdiv_rn(__fsub_rn(x[i], mx), pr.temperature); /* max first: the largest is 0, never inf */
-        x[i] = v == 0.0f ? 0.0f : v; /* -0 sorts as +0, as the CPU comparator sees them */
-        vals[base + i] = i;
-    }
-    if (tid == 0) {
-        seg[r] = (int)base;
-        seg[G + r] = (int)(base + V);
+        x[i] = v == 0.0f ? 0.0f : v; /* -0 orders as +0, as the CPU comparator sees them */
     }
 }
 
-/* Inclusive prefix sum over the block (FIN_THREADS threads); *total gets the block's sum. */
+/* Inclusive prefix sum over the block (SEL_THREADS == 1024 threads); *total gets the block's sum. */
 __device__ double block_scan(double v, double *wt, double *total) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -175,7 +177,7 @@ __device__ double block_scan(double v, double *wt, double *total) {
     if (lane == 31) wt[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        double t = wt[lane]; /* FIN_THREADS / 32 == 32 warps */
+        double t = wt[lane]; /* SEL_THREADS / 32 == 32 warps */
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1) {
             double y = __shfl_up_sync(0xffffffffu, t, o);
@@ -190,64 +192,202 @@ __device__ double block_scan(double v, double *wt, double *total) {
     return v;
 }
 
-/* Smallest i < n with cum[i] >= thr (ge) or thr < cum[i] (!ge); n when there is none. */
-__device__ int block_first(const double *cum, int n, double thr, bool ge, int *si) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int best = n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        if (ge ? cum[i] >= thr : thr < cum[i]) {
-            best = i;
-            break;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) best = min(best, __shfl_xor_sync(0xffffffffu, best, o));
-    if (lane == 0) si[warp] = best;
-    __syncthreads();
-    best = si[0];
-    for (int w = 1; w < (int)(blockDim.x >> 5); w++) best = min(best, si[w]);
-    __syncthreads();
-    return best;
+/* ---------------------------------------------------------------------------------------------- */
+/* Selection without a sort                                                                        */
+
+static_assert(SEL_THREADS == 1024, "block_scan assumes 32 warps");
+
+/* Order-preserving image of a float: a < b (as floats, no NaN) iff ord(a) < ord(b). */
+__device__ __forceinline__ unsigned ord_of(float f) {
+    const unsigned b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-__global__ void __launch_bounds__(FIN_THREADS)
-    sample_finish_kernel(int *out, int V, const gpt2_cuda_sample_params *params, int n, const float *keys,
-                         const int *vals, double *cumbuf) {
-    __shared__ double wt[32];
-    __shared__ int si[32];
+/* A cut of the sorted order: the elements up to and including (ord, id), i.e. key images above ord,
+ * and those equal to it with an id <= id. {0, INT_MAX} keeps everything. */
+typedef struct {
+    unsigned ord;
+    int id;
+} cut_t;
+__device__ __forceinline__ bool in_cut(unsigned o, int i, cut_t c) { return o > c.ord || (o == c.ord && i <= c.id); }
+
+/* The probability of a tempered key (max 0), as the CPU's softmax numerator. */
+__device__ __forceinline__ double prob_of(float key) { return (double)(float)exp((double)key); }
+
+typedef struct {
+    double hist[256]; /* weight per digit of one radix pass */
+    int cnt[256];     /* members per digit (weights can be 0) */
+    double wt[32];    /* block_scan / block sums */
+    int si[32];       /* block min / max */
+    double acc;
+    int chosen;
+} sel_smem;
+
+__device__ double block_sum_d(double v, double *wt) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) wt[warp] = v;
+    __syncthreads();
+    double s = 0.0;
+    for (int w = 0; w < SEL_THREADS / 32; w++) s += wt[w]; /* same order in every thread: one value */
+    __syncthreads();
+    return s;
+}
+
+/* max (want_max) or min over the block of ints; every thread gets it. */
+__device__ int block_ext_i(int v, bool want_max, int *si) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const int y = __shfl_xor_sync(0xffffffffu, v, o);
+        v = want_max ? max(v, y) : min(v, y);
+    }
+    if (lane == 0) si[warp] = v;
+    __syncthreads();
+    v = si[0];
+    for (int w = 1; w < SEL_THREADS / 32; w++) v = want_max ? max(v, si[w]) : min(v, si[w]);
+    __syncthreads();
+    return v;
+}
+
+/* Sum of the weights (probabilities) of the members of cut c. */
+__device__ double cut_mass(const float *k, int V, cut_t c, sel_smem &sm) {
+    double s = 0.0;
+    for (int i = threadIdx.x; i < V; i += SEL_THREADS) {
+        const float f = k[i];
+        if (in_cut(ord_of(f), i, c)) s += prob_of(f);
+    }
+    return block_sum_d(s, sm.wt);
+}
+
+/* The last member of cut c in sorted order: the smallest key, and among its ties the largest id. */
+__device__ cut_t cut_last(const float *k, int V, cut_t c, sel_smem &sm) {
+    unsigned lo = 0xffffffffu;
+    for (int i = threadIdx.x; i < V; i += SEL_THREADS) {
+        const unsigned o = ord_of(k[i]);
+        if (in_cut(o, i, c)) lo = min(lo, o);
+    }
+    /* unsigned min through the int helper: flip the sign bit so that signed order is unsigned order */
+    lo = (unsigned)block_ext_i((int)(lo ^ 0x80000000u), false, sm.si) ^ 0x80000000u;
+    int id = -1;
+    for (int i = threadIdx.x; i < V; i += SEL_THREADS) {
+        const unsigned o = ord_of(k[i]);
+        if (o == lo && in_cut(o, i, c)) id = max(id, i);
+    }
+    id = block_ext_i(id, true, sm.si);
+    return cut_t{lo, id};
+}
+
+/* The first member of cut c, in sorted order (key descending, then id ascending), at which the
+ * running weight (1 per element when !MASS, its probability when MASS) reaches target (ge: >=) or
+ * exceeds it (!ge: >). false when the members' whole weight does not get there. */
+template <bool MASS>
+__device__ bool cut_crossing(const float *k, int V, cut_t c, double target, bool ge, sel_smem &sm, cut_t *res) {
+    const int tid = threadIdx.x;
+    unsigned prefix = 0, pmask = 0;
+    double above = 0.0; /* weight of the members ordered before every element with this prefix */
+    for (int pass = 0; pass < 4; pass++) {
+        const int shift = 24 - 8 * pass;
+        for (int d = tid; d < 256; d += SEL_THREADS) {
+            sm.hist[d] = 0.0;
+            sm.cnt[d] = 0;
+        }
+        __syncthreads();
+        for (int i = tid; i < V; i += SEL_THREADS) {
+            const float f = k[i];
+            const unsigned o = ord_of(f);
+            if ((o & pmask) == prefix && in_cut(o, i, c)) {
+                const int d = (int)((o >> shift) & 255u);
+                atomicAdd(&sm.hist[d], MASS ? prob_of(f) : 1.0);
+                atomicAdd(&sm.cnt[d], 1);
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            double acc = above;
+            int ch = -1, lowest = -1;
+            for (int d = 255; d >= 0; d--) {
+                if (sm.cnt[d] == 0) continue;
+                const double nx = acc + sm.hist[d];
+                if (ge ? nx >= target : nx > target) {
+                    ch = d;
+                    break;
+                }
+                acc = nx;
+                lowest = d;
+            }
+            /* A finer pass can miss, by rounding, the crossing its coarse bucket showed: take the
+             * crossing at the bucket's end (its last non-empty digit), as the sum over it said. */
+            if (ch < 0 && pass > 0 && lowest >= 0) {
+                ch = lowest;
+                acc -= sm.hist[lowest];
+            }
+            sm.chosen = ch;
+            sm.acc = acc;
+        }
+        __syncthreads();
+        const int ch = sm.chosen;
+        above = sm.acc;
+        __syncthreads(); /* sm is rewritten by the next pass */
+        if (ch < 0) return false;
+        prefix |= (unsigned)ch << shift;
+        pmask |= 255u << shift;
+    }
+    /* the members whose key image is exactly prefix, in id order */
+    double carry = above;
+    for (int base = 0; base < V; base += SEL_THREADS) {
+        const int i = base + tid;
+        bool tied = false;
+        double w = 0.0;
+        if (i < V) {
+            const float f = k[i];
+            const unsigned o = ord_of(f);
+            tied = o == prefix && in_cut(o, i, c);
+            if (tied) w = MASS ? prob_of(f) : 1.0;
+        }
+        double total;
+        const double run = carry + block_scan(w, sm.wt, &total);
+        const int cand = block_ext_i(tied && (ge ? run >= target : run > target) ? i : INT_MAX, false, sm.si);
+        if (cand != INT_MAX) {
+            *res = cut_t{prefix, cand};
+            return true;
+        }
+        carry += total;
+    }
+    /* the tie group missed by rounding what the histogram saw: its last element */
+    int id = -1;
+    for (int i = tid; i < V; i += SEL_THREADS) {
+        const unsigned o = ord_of(k[i]);
+        if (o == prefix && in_cut(o, i, c)) id = max(id, i);
+    }
+    id = block_ext_i(id, true, sm.si);
+    *res = cut_t{prefix, id};
+    return true;
+}
+
+/* One block per sampled (not greedy) request: top_k, then top_p, then the draw, as sampler.c. */
+__global__ void __launch_bounds__(SEL_THREADS)
+    sample_select_kernel(int *out, int V, const gpt2_cuda_sample_params *params, int n, const float *keys) {
+    __shared__ sel_smem sm;
     const int r = blockIdx.x;
     if (r >= n) return;
     const gpt2_cuda_sample_params pr = params[r];
     if (pr.greedy) return;
-    const size_t base = (size_t)r * V;
-    const float *k = keys + base;
-    const int *idx = vals + base;
-    double *cum = cumbuf + base;
+    const float *k = keys + (size_t)r * V;
 
-    int nc = (pr.top_k > 0 && pr.top_k < V) ? pr.top_k : V;
-    const float mx = k[0];
-    double carry = 0.0;
-    for (int b0 = 0; b0 < nc; b0 += FIN_THREADS) {
-        const int i = b0 + threadIdx.x;
-        double p = 0.0;
-        if (i < nc) p = (double)(float)exp((double)__fsub_rn(k[i], mx));
-        double total;
-        const double incl = block_scan(p, wt, &total);
-        if (i < nc) cum[i] = carry + incl;
-        carry += total;
-    }
-    __syncthreads(); /* cum complete and visible to the block */
-
-    double sum = cum[nc - 1];
-    if (pr.top_p < 1.0f) {
-        int keep = block_first(cum, nc, (double)pr.top_p * sum, true, si);
-        nc = keep < nc ? keep + 1 : nc;
-        sum = cum[nc - 1];
+    cut_t cut = {0u, INT_MAX}, next;
+    if (pr.top_k > 0 && pr.top_k < V && cut_crossing<false>(k, V, cut, (double)pr.top_k, true, sm, &next))
+        cut = next; /* the top_k-th element in sorted order: the running count reaches top_k there */
+    double sum = cut_mass(k, V, cut, sm);
+    if (pr.top_p < 1.0f && cut_crossing<true>(k, V, cut, (double)pr.top_p * sum, true, sm, &next)) {
+        cut = next; /* the shortest prefix whose mass reaches top_p * sum */
+        sum = cut_mass(k, V, cut, sm);
     }
     const double u = (double)pr.uniform * sum;
-    int pick = block_first(cum, nc, u, false, si);
-    if (pick >= nc) pick = nc - 1;
-    if (threadIdx.x == 0) out[r] = idx[pick];
+    cut_t pick;
+    if (!cut_crossing<true>(k, V, cut, u, false, sm, &pick)) pick = cut_last(k, V, cut, sm);
+    if (threadIdx.x == 0) out[r] = pick.id;
 }
 
 /* out_lp[r] = log_softmax(raw logits row params[r].row)[tokens[r]], in float with the max subtracted. */
@@ -270,45 +410,20 @@ __global__ void __launch_bounds__(PREP_THREADS)
     }
 }
 
-extern "C" cudaError_t sample_cuda_sort_bytes(int G, int V, size_t *bytes) {
-    if (G < 1 || V < 1 || (long long)G * V > 0x7fffffffLL || !bytes) return cudaErrorInvalidValue;
-    *bytes = 0;
-    return cub::DeviceSegmentedSort::StableSortPairsDescending(
-        (void *)nullptr, *bytes, (const float *)nullptr, (float *)nullptr, (const int *)nullptr, (int *)nullptr,
-        (::cuda::std::int64_t)G * V, (::cuda::std::int64_t)G, (const int *)nullptr, (const int *)nullptr, (cudaStream_t)0);
-}
-
-/* The sampled rows: sort each row's keys, then the inverse-CDF draw. */
-static cudaError_t sort_and_draw(int *out_tokens, int V, const gpt2_cuda_sample_params *params, int n,
-                                 const gpt2_cuda_sample_scratch *scr, cudaStream_t stream) {
-    const int G = scr->rows;
-    cudaError_t e;
-    size_t bytes = scr->sort_bytes;
-    e = cub::DeviceSegmentedSort::StableSortPairsDescending(scr->sort_temp, bytes, scr->keys_in, scr->keys_out,
-                                                           scr->vals_in, scr->vals_out, (::cuda::std::int64_t)G * V,
-                                                           (::cuda::std::int64_t)G, scr->seg, scr->seg + G, stream);
-    if (e != cudaSuccess) return e;
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    sample_finish_kernel<<<n, FIN_THREADS, 0, stream>>>(out_tokens, V, params, n, scr->keys_out, scr->vals_out,
-                                                        scr->cum);
-    return cudaGetLastError();
-}
-
 extern "C" cudaError_t sample_cuda(int *out_tokens, float *out_logprobs, const float *logits, int V, int ld,
                                    const gpt2_cuda_sample_params *params, const int *history, int n, int any_sort,
                                    const gpt2_cuda_sample_scratch *scr, cudaStream_t stream) {
     if (!scr || n < 0 || n > scr->rows || V != scr->V || V < 1 || ld < V) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
-    if (!out_tokens || !logits || !params || !history || !scr->keys_in || !scr->keys_out || !scr->vals_in ||
-        !scr->vals_out || !scr->cum || !scr->count || !scr->seg)
-        return cudaErrorInvalidValue;
-    const int G = scr->rows;
-    sample_prep_kernel<<<G, PREP_THREADS, 0, stream>>>(out_tokens, logits, V, ld, params, history, n, G,
-                                                       scr->keys_in, scr->vals_in, scr->count, scr->seg);
+    if (!out_tokens || !logits || !params || !history || !scr->keys || !scr->count) return cudaErrorInvalidValue;
+    sample_prep_kernel<<<n, PREP_THREADS, 0, stream>>>(out_tokens, logits, V, ld, params, history, n, scr->keys,
+                                                       scr->count);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    if (any_sort && (e = sort_and_draw(out_tokens, V, params, n, scr, stream)) != cudaSuccess) return e;
+    if (any_sort) {
+        sample_select_kernel<<<n, SEL_THREADS, 0, stream>>>(out_tokens, V, params, n, scr->keys);
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    }
     if (!out_logprobs) return cudaSuccess;
     sample_logprob_kernel<<<n, PREP_THREADS, 0, stream>>>(out_logprobs, out_tokens, logits, V, ld, params, n);
     return cudaGetLastError();

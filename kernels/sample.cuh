@@ -29,34 +29,26 @@ typedef struct {
 /* Device scratch for up to `rows` requests per call; count must be all zero before the first call
  * (each call leaves it zero again). */
 typedef struct {
-    int rows;            /* G */
+    int rows;    /* G */
     int V;
-    float *keys_in;      /* (G, V) penalised, tempered logits */
-    float *keys_out;     /* (G, V) the same, sorted in descending order */
-    int *vals_in;        /* (G, V) token ids 0..V-1 */
-    int *vals_out;       /* (G, V) token ids in sorted order */
-    double *cum;         /* (G, V) running sums of the probabilities in sorted order */
-    int *count;          /* (G, V) token counts for the penalties */
-    int *seg;            /* (2G) segment begin offsets, then end offsets, for the sort */
-    void *sort_temp;     /* sort_bytes of sorting workspace */
-    size_t sort_bytes;
+    float *keys; /* (G, V) penalised, tempered logits of each request */
+    int *count;  /* (G, V) token counts for the penalties */
 } gpt2_cuda_sample_scratch;
-
-/* Bytes of sorting workspace for G rows of V logits (asks CUB; needs a current device). */
-cudaError_t sample_cuda_sort_bytes(int G, int V, size_t *bytes);
 
 /* out_tokens (n) on the device: one token per request i reading logits row params[i].row, n <= G.
  *   logits (rows, ld) float, ld >= V, columns 0..V-1 read, left unchanged; params (n) and history on
  *   the device.
  * Steps as gpt2_sample_row: repetition penalty over the distinct tokens of the whole history, then
  * frequency and presence penalties over the generated part; greedy rows take the argmax (lowest id on
- * ties, NaN below every number, 0 when logit 0 is NaN); the others take (l - max l) / temperature,
- * sort in descending order (stable: ties by lowest id), keep the top_k first, take the probabilities
- * exp(l - max) over them, keep the shortest prefix whose mass reaches top_p, and return the token
- * where the running sum first exceeds uniform * sum.
+ * ties, NaN below every number, 0 when logit 0 is NaN); the others take (l - max l) / temperature
+ * and, in the order of a descending sort with ties by lowest id (found by radix selection, never
+ * sorted), keep the top_k first, take the probabilities exp(l - max) over them, keep the shortest
+ * prefix whose mass reaches top_p, and return the token where the running sum first exceeds
+ * uniform * sum. Two launches at most (penalties + argmax or tempering; the selection), one block per
+ * request.
  * out_logprobs (n) on the device, or NULL: log_softmax of the raw row (before penalties and
  * temperature) at the chosen token.
- * any_sort: 0 when every request is greedy (skips the sort). */
+ * any_sort: 0 when every request is greedy (skips the selection launch). */
 cudaError_t sample_cuda(int *out_tokens, float *out_logprobs, const float *logits, int V, int ld,
                         const gpt2_cuda_sample_params *params, const int *history, int n, int any_sort,
                         const gpt2_cuda_sample_scratch *scr, cudaStream_t stream);

@@ -90,8 +90,7 @@ static inline size_t gpt2_cuda_dtype_size(gpt2_dtype dt) { return dt == GPT2_DTY
 typedef struct {
     size_t w[GPT2_N_TENSORS]; /* weights, in the order and shapes of src/tensors.h (lm_head == wte when tied) */
     size_t resid, ln, qkv, att, tmp, fch, logits, kcache, vcache, attn_scratch, inputs;
-    size_t s_params, s_hist, s_out, s_lp, s_keys_in, s_keys_out, s_vals_in, s_vals_out, s_cum, s_count, s_seg,
-        s_sort;
+    size_t s_params, s_hist, s_out, s_lp, s_keys, s_count;
     size_t gemv_scratch, gemv_counters;
     size_t cublas_ws;
     size_t total;          /* arena bytes */
@@ -108,7 +107,6 @@ typedef struct {
     int gemv_max_rows;          /* forwards of <= this many rows use the GEMV kernels (GEMV_MAX_ROWS) */
     size_t gemv_scratch_floats; /* split-K partials: GPT2_GEMV_MAX_KSPLIT x gemv_max_rows x 4C floats */
     size_t gemv_n_counters;     /* split-K tickets: gemv_counters(4C) */
-    size_t sort_bytes;
     /* int offsets inside the inputs region (device) and its pinned host mirror */
     size_t i_tok, i_pos, i_slot, i_row, i_chunks, i_tiles, i_dtok, i_dpos, i_dslot, n_inputs;
 } gpt2_cuda_plan;
@@ -148,7 +146,7 @@ typedef struct {
 
 /* Sampling: device scratch, and pinned host staging (cudaMallocHost) for one group of G requests. */
 typedef struct {
-    gpt2_cuda_sample_scratch scr;                 /* (G, V) keys, ids, sums, counts; sort workspace */
+    gpt2_cuda_sample_scratch scr;                 /* (G, V) keys and penalty counts */
     gpt2_cuda_sample_params *params_d, *params_h; /* (G) */
     int *hist_d, *hist_h;                         /* (hist_cap) penalty histories of the group */
     int *out_d, *out_h;                           /* (G) sampled tokens */

@@ -110,16 +110,8 @@ gpt2_status gpt2_cuda_make_plan(const gpt2_model *m, const gpt2_backend_opts *o,
     bad |= take(&cur, (size_t)p->hist_cap, sizeof(int), &p->s_hist);      /* (G * (maxT + 1)) */
     bad |= take(&cur, G, sizeof(int), &p->s_out);                         /* (G) */
     bad |= take(&cur, G, sizeof(float), &p->s_lp);                        /* (G) */
-    bad |= take(&cur, GV, sizeof(float), &p->s_keys_in);                  /* (G, V) */
-    bad |= take(&cur, GV, sizeof(float), &p->s_keys_out);                 /* (G, V) */
-    bad |= take(&cur, GV, sizeof(int), &p->s_vals_in);                    /* (G, V) */
-    bad |= take(&cur, GV, sizeof(int), &p->s_vals_out);                   /* (G, V) */
-    bad |= take(&cur, GV, sizeof(double), &p->s_cum);                     /* (G, V) */
+    bad |= take(&cur, GV, sizeof(float), &p->s_keys);                     /* (G, V) */
     bad |= take(&cur, GV, sizeof(int), &p->s_count);                      /* (G, V) */
-    bad |= take(&cur, 2 * G, sizeof(int), &p->s_seg);                     /* (2G) */
-    cudaError_t e = sample_cuda_sort_bytes(p->sample_rows, c->vocab_size, &p->sort_bytes);
-    if (e != cudaSuccess) return gpt2_cuda_fail(err, e, "sample_cuda_sort_bytes(G, V, &bytes)", __FILE__, __LINE__);
-    bad |= take(&cur, p->sort_bytes ? p->sort_bytes : 1, 1, &p->s_sort);
 
     bad |= take(&cur, CUBLAS_WORKSPACE_BYTES, 1, &p->cublas_ws);
     bad |= ovf;
@@ -182,15 +174,8 @@ void gpt2_cuda_point(gpt2_cuda_ctx *x, const gpt2_model *m) {
     x->smp.scr = (gpt2_cuda_sample_scratch){
         .rows = p->sample_rows,
         .V = m->cfg.vocab_size,
-        .keys_in = (float *)(a + p->s_keys_in),
-        .keys_out = (float *)(a + p->s_keys_out),
-        .vals_in = (int *)(a + p->s_vals_in),
-        .vals_out = (int *)(a + p->s_vals_out),
-        .cum = (double *)(a + p->s_cum),
+        .keys = (float *)(a + p->s_keys),
         .count = (int *)(a + p->s_count), /* zero: the arena is cleared once at creation */
-        .seg = (int *)(a + p->s_seg),
-        .sort_temp = a + p->s_sort,
-        .sort_bytes = p->sort_bytes,
     };
 }
 

@@ -704,28 +704,15 @@ Test(cuda_kernels, attention_decode_matches_cpu) {
 static gpt2_cuda_sample_scratch sampler_scratch(int G, int V) {
     gpt2_cuda_sample_scratch scr = {.rows = G, .V = V};
     const size_t GV = (size_t)G * V;
-    scr.keys_in = dev_poison(GV * sizeof(float));
-    scr.keys_out = dev_poison(GV * sizeof(float));
-    scr.vals_in = dev_poison(GV * sizeof(int));
-    scr.vals_out = dev_poison(GV * sizeof(int));
-    scr.cum = dev_poison(GV * sizeof(double));
+    scr.keys = dev_poison(GV * sizeof(float));
     scr.count = dev_poison(GV * sizeof(int));
     CK(cudaMemset(scr.count, 0, GV * sizeof(int)));
-    scr.seg = dev_poison(2 * (size_t)G * sizeof(int));
-    CK(sample_cuda_sort_bytes(G, V, &scr.sort_bytes));
-    scr.sort_temp = dev_poison(scr.sort_bytes);
     return scr;
 }
 
 static void sampler_scratch_free(gpt2_cuda_sample_scratch *scr) {
-    CK(cudaFree(scr->keys_in));
-    CK(cudaFree(scr->keys_out));
-    CK(cudaFree(scr->vals_in));
-    CK(cudaFree(scr->vals_out));
-    CK(cudaFree(scr->cum));
+    CK(cudaFree(scr->keys));
     CK(cudaFree(scr->count));
-    CK(cudaFree(scr->seg));
-    CK(cudaFree(scr->sort_temp));
 }
 
 /* log_softmax(row)[t] in double: the reference for the device's float logsumexp. */
@@ -862,6 +849,9 @@ Test(cuda_kernels, sample_matches_cpu_sampler) {
     check_sampler(50257, 1, 11);
     check_sampler(1001, 1, 12);
     check_sampler(3, 0, 13);
+    check_sampler(7, 1, 18); /* odd sizes, smaller than the block and than top_k */
+    check_sampler(50, 1, 19);
+    check_sampler(2049, 0, 20);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
