@@ -3,7 +3,7 @@
  * key images, ties in id order; block operations replaced by loops, so only the sums' order differs)
  * against src/sampler.c's sorting gpt2_sample_row, on random rows with many ties (quantised logits),
  * tiny temperatures, top_k at and past V, tiny and large top_p. Run from the repository root:
- *   cc -O2 -std=c11 -D_GNU_SOURCE -Isrc -Iinclude tools/sim_sample_select.c src/sampler.c -lm -o /tmp/sim && /tmp/sim
+ *   cc -O2 -std=c11 -D_GNU_SOURCE -Isrc -Iinclude tools/sim_sample_select.c src/sampler.c -lm -o /tmp/sim_sample_select && /tmp/sim_sample_select
  * It printed "checked 12300, mismatches 0" when the kernel was written (December); the kernel itself
  * is checked against sampler.c by tests/test_cuda.c on a GPU. Keep the two in step. */
 #include <limits.h>
