@@ -36,7 +36,6 @@
 #include "../kernels/encoder.cuh"
 #include "../kernels/gelu.cuh"
 #include "../kernels/gemv.cuh"
-#include "../kernels/layernorm.cuh"
 #include "../kernels/sample.cuh"
 
 #define CK(call)                                                                                             \
@@ -194,9 +193,9 @@ static void op_mm(void *c_, int i) {
     const float one = 1.0f, zero = 0.0f;
     if (c->use_gemv) {
         if (s->nt)
-            CK(gemv_nt_forward_cuda(c->out, s->OC, c->x, w, c->M, s->K, s->OC, c->dt, g_st));
+            CK(gemv_nt_forward_cuda(c->out, s->OC, c->x, w, c->M, s->K, s->OC, NULL, NULL, 0.0f, c->dt, g_st));
         else
-            CK(gemv_forward_cuda(c->out, c->x, w, s->gelu ? c->bias : NULL, c->M, s->K, s->OC, s->gelu, c->ksplit,
+            CK(gemv_forward_cuda(c->out, c->x, w, s->gelu ? c->bias : NULL, c->M, s->K, s->OC, s->gelu, NULL, c->ksplit,
                                  c->scratch, c->scratch_floats, c->counters, c->n_counters, c->dt, g_st));
         return;
     }
@@ -217,53 +216,59 @@ static void set_math(gpt2_dtype dt) {
                                                               CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
 }
 
-/* Returns the crossover for dt: the largest M such that the GEMV wins every shape at every M' <= M. */
-static int bench_products(gpt2_dtype dt, double copy_gbs, size_t l2_bytes) {
+/* Returns the crossover for dt: the largest M such that the GEMV wins every shape at every M' <= M.
+ * pool: pool_bytes of random weights in dt, carved into as many matrices of a shape as fit. */
+static int bench_products(gpt2_dtype dt, double copy_gbs, char *pool, size_t pool_bytes) {
     const shape_t shapes[] = {{"qkv", 768, 2304, 0, 0},    {"attn_proj", 768, 768, 0, 0},
                               {"mlp_up+gelu", 768, 3072, 0, 1}, {"mlp_down", 3072, 768, 0, 0},
                               {"lm_head", 768, 50304, 1, 0}};
-    const int n_shapes = 5;
-    int crossover = GPT2_GEMV_MAX_M, lost = 0;
+    enum { n_shapes = 5 };
+    static double tg[GPT2_GEMV_MAX_M + 1][n_shapes], tc[GPT2_GEMV_MAX_M + 1][n_shapes];
+    int ks[n_shapes];
     set_math(dt);
-    printf("\n%s matrix products (weights rotating through >= 4x L2; GB/s = weight bytes / time)\n", dtname(dt));
-    printf("%-12s %3s %10s %10s %9s %7s %10s %7s  %s\n", "shape", "M", "gemv us", "cublas us", "gemv GB/s", "% copy",
-           "cublas GB/s", "% copy", "faster");
+    for (int si = 0; si < n_shapes; si++) {
+        const shape_t *sh = &shapes[si];
+        const size_t wbytes = (size_t)sh->K * sh->OC * esz(dt), stride = (wbytes + 255) & ~(size_t)255;
+        mm_ctx c = {.dt = dt, .sh = sh, .pool = pool, .stride = stride, .nslots = (int)(pool_bytes / stride)};
+        c.x = dev_random((size_t)GPT2_GEMV_MAX_M * sh->K, dt, 1.0f, 3);
+        c.bias = dev_random((size_t)sh->OC, dt, 0.1f, 4);
+        CK(cudaMalloc(&c.out, (size_t)GPT2_GEMV_MAX_M * sh->OC * 4));
+        c.ksplit = ks[si] = gemv_pick_ksplit(sh->K, sh->OC, dt, g_nsm);
+        c.scratch_floats = gemv_scratch_floats(GPT2_GEMV_MAX_M, sh->OC, c.ksplit);
+        c.n_counters = gemv_counters(sh->OC);
+        CK(cudaMalloc((void **)&c.scratch, (c.scratch_floats ? c.scratch_floats : 1) * sizeof(float)));
+        CK(cudaMalloc((void **)&c.counters, c.n_counters * sizeof(unsigned)));
+        CK(cudaMemset(c.counters, 0, c.n_counters * sizeof(unsigned)));
+        for (int M = 1; M <= GPT2_GEMV_MAX_M; M++) {
+            c.M = M;
+            c.use_gemv = 1;
+            tg[M][si] = time_us(op_mm, &c);
+            c.use_gemv = 0;
+            tc[M][si] = time_us(op_mm, &c);
+        }
+        CK(cudaFree(c.x));
+        CK(cudaFree(c.bias));
+        CK(cudaFree(c.out));
+        CK(cudaFree(c.scratch));
+        CK(cudaFree(c.counters));
+    }
+    printf("\n%s matrix products (weights rotating through %.0f MiB; GB/s = weight bytes / time)\n", dtname(dt),
+           (double)pool_bytes / 1048576.0);
+    printf("%-12s %3s %6s %10s %10s %9s %7s %11s %7s  %s\n", "shape", "M", "ksplit", "gemv us", "cublas us",
+           "gemv GB/s", "% copy", "cublas GB/s", "% copy", "faster");
+    int crossover = GPT2_GEMV_MAX_M, lost = 0;
     for (int M = 1; M <= GPT2_GEMV_MAX_M; M++) {
         int all_won = 1;
         for (int si = 0; si < n_shapes; si++) {
-            const shape_t *s = &shapes[si];
-            const size_t wbytes = (size_t)s->K * s->OC * esz(dt), stride = (wbytes + 255) & ~(size_t)255;
-            const size_t pool_bytes = 4 * l2_bytes > 256u << 20 ? 4 * l2_bytes : (size_t)256 << 20;
-            int nslots = (int)(pool_bytes / stride);
-            if (nslots < 2) nslots = 2;
-            mm_ctx c = {.dt = dt, .sh = s, .M = M, .nslots = nslots, .stride = stride};
-            c.pool = dev_random(stride / esz(dt) * (size_t)nslots, dt, 1.0f / sqrtf((float)s->K), 7 + (uint64_t)si);
-            c.x = dev_random((size_t)M * s->K, dt, 1.0f, 3);
-            c.bias = dev_random((size_t)s->OC, dt, 0.1f, 4);
-            CK(cudaMalloc(&c.out, (size_t)M * s->OC * 4));
-            c.ksplit = gemv_pick_ksplit(s->K, s->OC, dt, g_nsm);
-            c.scratch_floats = gemv_scratch_floats(M, s->OC, c.ksplit);
-            c.n_counters = gemv_counters(s->OC);
-            CK(cudaMalloc((void **)&c.scratch, (c.scratch_floats ? c.scratch_floats : 1) * sizeof(float)));
-            CK(cudaMalloc((void **)&c.counters, c.n_counters * sizeof(unsigned)));
-            CK(cudaMemset(c.counters, 0, c.n_counters * sizeof(unsigned)));
-            c.use_gemv = 1;
-            const double tg = time_us(op_mm, &c);
-            c.use_gemv = 0;
-            const double tc = time_us(op_mm, &c);
-            const double gg = (double)wbytes / tg / 1e3, gc = (double)wbytes / tc / 1e3;
-            printf("%-12s %3d %10.2f %10.2f %9.0f %6.0f%% %10.0f %6.0f%%  %s\n", s->name, M, tg, tc, gg,
-                   100 * gg / copy_gbs, gc, 100 * gc / copy_gbs, tg <= tc ? "gemv" : "cublas");
+            const shape_t *sh = &shapes[si];
+            const double wbytes = (double)sh->K * sh->OC * (double)esz(dt);
+            const double gg = wbytes / tg[M][si] / 1e3, gc = wbytes / tc[M][si] / 1e3;
+            printf("%-12s %3d %6d %10.2f %10.2f %9.0f %6.0f%% %11.0f %6.0f%%  %s\n", sh->name, M, ks[si], tg[M][si],
+                   tc[M][si], gg, 100 * gg / copy_gbs, gc, 100 * gc / copy_gbs, tg[M][si] <= tc[M][si] ? "gemv" : "cublas");
             json_rec("{\"kind\": \"product\", \"dtype\": \"%s\", \"shape\": \"%s\", \"K\": %d, \"OC\": %d, \"M\": %d, "
                      "\"ksplit\": %d, \"gemv_us\": %.3f, \"cublas_us\": %.3f, \"gemv_gbs\": %.1f, \"cublas_gbs\": %.1f}",
-                     dtname(dt), s->name, s->K, s->OC, M, c.ksplit, tg, tc, gg, gc);
-            if (tg > tc) all_won = 0;
-            CK(cudaFree(c.pool));
-            CK(cudaFree(c.x));
-            CK(cudaFree(c.bias));
-            CK(cudaFree(c.out));
-            CK(cudaFree(c.scratch));
-            CK(cudaFree(c.counters));
+                     dtname(dt), sh->name, sh->K, sh->OC, M, ks[si], tg[M][si], tc[M][si], gg, gc);
+            if (tg[M][si] > tc[M][si]) all_won = 0;
         }
         if (!all_won && !lost) {
             crossover = M - 1;
@@ -284,7 +289,7 @@ enum { C_ = 768, NH_ = 12, HS_ = 64, L_ = 12, V_ = 50257, VP_ = 50304, MAXT_ = 1
 typedef struct {
     int which, B;
     gpt2_dtype dt;
-    void *x, *ln, *qkv, *att, *tmp, *fch, *resid, *wqkv, *wproj, *wfc, *wfcp, *bfc, *lnw, *lnb, *wte, *wpe;
+    void *qkv, *att, *fch, *resid, *wqkv, *wproj, *wfc, *wfcp, *bfc, *lnw, *lnb, *wte, *wpe;
     void *kc, *vc;
     float *logits, *attn_scr, *gscr;
     size_t attn_scr_n, gscr_n;
@@ -295,15 +300,18 @@ typedef struct {
     int *shist, *sout;
 } step_ctx;
 
-enum { K_ENC, K_LN, K_QKV, K_ATT, K_PROJ, K_RLN, K_FC, K_FCP, K_LMHEAD, K_SAMPLE, K_N };
-static const char *const k_names[K_N] = {"encoder",      "layernorm",     "gemv qkv",
-                                         "attention_decode (+kv_append)", "gemv attn_proj", "residual+layernorm", "gemv mlp_up+gelu",
-                                         "gemv mlp_down", "gemv lm_head",  "sample (greedy)"};
-static const int k_per_layer[K_N] = {0, 0, 1, 1, 1, 2, 1, 1, 0, 0}; /* times per layer; 0: once per step */
+enum { K_ENC, K_QKV, K_ATT, K_PROJ, K_FC, K_FCP, K_LMHEAD, K_SAMPLE, K_N };
+static const char *const k_names[K_N] = {"encoder",         "ln1 + gemv qkv",      "attention + kv append",
+                                         "gemv attn_proj + resid", "ln2 + gemv mlp_up + gelu", "gemv mlp_down + resid",
+                                         "lnf + gemv lm_head", "sample (greedy)"};
+static const int k_per_layer[K_N] = {0, 1, 1, 1, 1, 1, 0, 0}; /* times per layer; 0: once per step */
 
-static void gemv_or_die(step_ctx *c, void *out, const void *in, const void *w, const void *b, int K, int OC, int gelu) {
-    CK(gemv_forward_cuda(out, in, w, b, c->B, K, OC, gelu, gemv_pick_ksplit(K, OC, c->dt, g_nsm), c->gscr, c->gscr_n,
-                         c->cnt, gemv_counters(4 * C_), c->dt, g_st));
+/* The fused GEMV of the decode path (src/cuda_forward.c's enqueue_decode_fused). */
+static void gemv_or_die(step_ctx *c, void *out, const void *in, const void *w, const void *b, int K, int OC, int gelu,
+                        int ln, int into_resid) {
+    const gemv_fusion f = {ln ? c->lnw : NULL, ln ? c->lnb : NULL, 1e-5f, into_resid ? c->resid : NULL};
+    CK(gemv_forward_cuda(out, in, w, b, c->B, K, OC, gelu, &f, gemv_pick_ksplit(K, OC, c->dt, g_nsm), c->gscr,
+                         c->gscr_n, c->cnt, gemv_counters(4 * C_), c->dt, g_st));
 }
 
 static void op_step_kernel(void *c_, int i) {
@@ -312,20 +320,17 @@ static void op_step_kernel(void *c_, int i) {
     (void)i;
     switch (c->which) {
     case K_ENC: CK(encoder_forward_cuda(c->resid, c->tok, c->pos, c->wte, c->wpe, B, C, V_, MAXT_, c->dt, g_st)); break;
-    case K_LN: CK(layernorm_forward_cuda(c->ln, c->resid, c->lnw, c->lnb, B, C, 1e-5f, c->dt, g_st)); break;
-    case K_QKV: gemv_or_die(c, c->qkv, c->ln, c->wqkv, NULL, C, 3 * C, 0); break;
+    case K_QKV: gemv_or_die(c, c->qkv, c->resid, c->wqkv, NULL, C, 3 * C, 0, 1, 0); break;
     case K_ATT:
         CK(attention_decode_cuda(c->att, c->qkv, NULL, c->kc, c->vc, c->slot, c->pos, B, NH_, HS_, MAXT_, B, 1,
                                  c->attn_scr, c->attn_scr_n, c->dt, g_st));
         break;
-    case K_PROJ: gemv_or_die(c, c->tmp, c->att, c->wproj, NULL, C, C, 0); break;
-    case K_RLN:
-        CK(residual_layernorm_forward_cuda(c->ln, c->resid, c->tmp, c->lnb, NULL, c->lnw, c->lnb, B, C, 1e-5f, c->dt,
-                                           g_st));
+    case K_PROJ: gemv_or_die(c, NULL, c->att, c->wproj, c->lnb, C, C, 0, 0, 1); break;
+    case K_FC: gemv_or_die(c, c->fch, c->resid, c->wfc, c->bfc, C, 4 * C, 1, 1, 0); break;
+    case K_FCP: gemv_or_die(c, NULL, c->fch, c->wfcp, c->lnb, 4 * C, C, 0, 0, 1); break;
+    case K_LMHEAD:
+        CK(gemv_nt_forward_cuda(c->logits, VP_, c->resid, c->wte, B, C, VP_, c->lnw, c->lnb, 1e-5f, c->dt, g_st));
         break;
-    case K_FC: gemv_or_die(c, c->fch, c->ln, c->wfc, c->bfc, C, 4 * C, 1); break;
-    case K_FCP: gemv_or_die(c, c->tmp, c->fch, c->wfcp, NULL, 4 * C, C, 0); break;
-    case K_LMHEAD: CK(gemv_nt_forward_cuda(c->logits, VP_, c->ln, c->wte, B, C, VP_, c->dt, g_st)); break;
     case K_SAMPLE:
         CK(sample_cuda(c->sout, NULL, c->logits, V_, VP_, c->sparams, c->shist, B, 0, &c->sscr, g_st));
         break;
@@ -389,10 +394,8 @@ static void bench_step(int B, double copy_gbs) {
     const size_t es = 2, C = C_;
     step_ctx c = {.B = B, .dt = dt};
     c.resid = dev_random((size_t)B * C, dt, 1.0f, 1);
-    c.ln = dev_random((size_t)B * C, dt, 1.0f, 2);
     c.qkv = dev_random((size_t)B * 3 * C, dt, 1.0f, 3);
     c.att = dev_random((size_t)B * C, dt, 1.0f, 4);
-    c.tmp = dev_random((size_t)B * C, dt, 1.0f, 5);
     c.fch = dev_random((size_t)B * 4 * C, dt, 1.0f, 6);
     c.wqkv = dev_random(C * 3 * C, dt, 0.03f, 7);
     c.wproj = dev_random(C * C, dt, 0.03f, 8);
@@ -440,7 +443,7 @@ static void bench_step(int B, double copy_gbs) {
 
     /* bytes each kernel must move at least (weights, KV read, logits written), for GB/s */
     const double kv_bytes = 2.0 * B * (POS_ + 1) * C * es;
-    const double need[K_N] = {0, 0, 3.0 * C * C * es, kv_bytes, 1.0 * C * C * es, 0, 4.0 * C * C * es, 4.0 * C * C * es,
+    const double need[K_N] = {0, 3.0 * C * C * es, kv_bytes, 1.0 * C * C * es, 4.0 * C * C * es, 4.0 * C * C * es,
                               (double)VP_ * C * es + 4.0 * B * VP_, 4.0 * B * V_};
     printf("\ndecode step breakdown, fp16, batch %d, position %d (each kernel alone at the step's shapes, weights "
            "hot in L2 for the per-layer ones: a lower bound)\n", B, POS_);
@@ -496,7 +499,7 @@ static void bench_step(int B, double copy_gbs) {
     gpt2_model_free(m);
     free(prompt);
     CK(cudaDeviceSynchronize());
-    void *bufs[] = {c.resid, c.ln, c.qkv, c.att, c.tmp, c.fch, c.wqkv, c.wproj, c.wfc, c.wfcp, c.bfc, c.lnw, c.lnb,
+    void *bufs[] = {c.resid, c.qkv, c.att, c.fch, c.wqkv, c.wproj, c.wfc, c.wfcp, c.bfc, c.lnw, c.lnb,
                     c.wte, c.wpe, c.kc, c.vc, c.logits, c.attn_scr, c.gscr, c.cnt, c.tok, c.pos, c.slot, ss->keys,
                     ss->count, c.sparams,
                     c.shist, c.sout};
@@ -569,9 +572,21 @@ int main(int argc, char **argv) {
     printf("device-to-device copy: 1 GiB in %.1f us = %.0f GB/s (read + write)\n", tcopy, copy_gbs);
     json_rec("{\"kind\": \"copy\", \"gbs\": %.1f}", copy_gbs);
 
+    /* one pool of random weights (>= 4x L2, at least 256 MiB), made once in fp32 and converted per dtype */
+    size_t pool_bytes = (size_t)256 << 20;
+    if (pool_bytes < 4 * (size_t)prop.l2CacheSize) pool_bytes = 4 * (size_t)prop.l2CacheSize;
+    float *master = dev_random(pool_bytes / 2, GPT2_DTYPE_F32, 0.036f, 7); /* enough floats for 16-bit */
+    char *pool = NULL;
+    CK(cudaMalloc((void **)&pool, pool_bytes));
     const gpt2_dtype dts[3] = {GPT2_DTYPE_F16, GPT2_DTYPE_BF16, GPT2_DTYPE_F32};
     int cross[3];
-    for (int i = 0; i < 3; i++) cross[i] = bench_products(dts[i], copy_gbs, (size_t)prop.l2CacheSize);
+    for (int i = 0; i < 3; i++) {
+        CK(convert_cuda(pool, dts[i], master, GPT2_DTYPE_F32, pool_bytes / esz(dts[i]), 0));
+        CK(cudaDeviceSynchronize());
+        cross[i] = bench_products(dts[i], copy_gbs, pool, pool_bytes);
+    }
+    CK(cudaFree(pool));
+    CK(cudaFree(master));
     bench_step(1, copy_gbs);
     bench_step(8, copy_gbs);
     printf("\nsummary: copy %.0f GB/s; GEMV/cuBLAS crossover fp16 M <= %d, bf16 M <= %d, fp32 M <= %d (plan default "

@@ -36,16 +36,62 @@ __device__ __forceinline__ float gelu_tanh(float v) {
     return 0.5f * v * (1.0f + tanhf(s * (v + 0.044715f * v * v * v)));
 }
 
+/* Mean and 1/std of each of the M rows of inp (M, K) into st (every block recomputes them: M x K
+ * reads from L2, against K x OC / blocks of weights). Warp w takes rows w, w + 8, ...; the lanes and
+ * the two passes are those of layernorm.cu, so the statistics are the same floats. */
+template <typename T, int MT>
+__device__ void row_stats(const T *inp, int M, int K, float eps, float (*st)[2]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int m = warp; m < M; m += GV_WARPS) {
+        const T *src = inp + (size_t)m * K;
+        float sum = 0.0f;
+        for (int c = lane; c < K; c += 32) sum += to_float(src[c]);
+        const float mean = warp_sum(sum) / (float)K;
+        float ss = 0.0f;
+        for (int c = lane; c < K; c += 32) {
+            const float d = to_float(src[c]) - mean;
+            ss += d * d;
+        }
+        const float var = warp_sum(ss) / (float)K;
+        if (lane == 0) {
+            st[m][0] = mean;
+            st[m][1] = 1.0f / sqrtf(var + eps);
+        }
+    }
+    __syncthreads();
+}
+
+/* Element k of input row m as the product reads it: raw, or layer-normalised and rounded to T. */
+template <typename T>
+__device__ __forceinline__ float in_at(const T *inp, int K, int m, int k, const T *ln_w, const T *ln_b,
+                                       const float (*st)[2]) {
+    const float v = to_float(inp[(size_t)m * K + k]);
+    if (!ln_w) return v;
+    return to_float(from_float<T>((v - st[m][0]) * st[m][1] * to_float(ln_w[k]) + to_float(ln_b[k])));
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* out (M, OC) = act(inp (M, K) @ w (K, OC) + bias)                                                */
+
+/* The end of output (m, c) with its sum s: + bias, then GELU, into out; or into the residual. */
+template <typename T>
+__device__ __forceinline__ void epilogue(T *out, T *resid, const T *bias, int gelu, int m, int OC, int c, float s) {
+    const float y = s + (bias ? to_float(bias[c]) : 0.0f);
+    const size_t e = (size_t)m * OC + c;
+    if (resid)
+        resid[e] = from_float<T>(to_float(resid[e]) + y);
+    else
+        out[e] = from_float<T>(gelu ? gelu_tanh(y) : y);
+}
 
 template <typename T, int VEC, int MT>
 __global__ void __launch_bounds__(GV_THREADS)
     gemv_nn_kernel(T *out, const T *inp, const T *w, const T *bias, int M, int K, int OC, int gelu, int kc,
-                   float *part, unsigned *counters) {
+                   float *part, unsigned *counters, const T *ln_w, const T *ln_b, float eps, T *resid) {
     constexpr int TILE = 32 * VEC;
     __shared__ __align__(16) float xs[MT][GPT2_GEMV_KC]; /* (MT, kc) this block's slice of inp, zero-padded */
     __shared__ float red[GV_WARPS][TILE];               /* (warps, TILE) per-warp sums of one row m */
+    __shared__ float st[MT][2];                         /* (MT, 2) layernorm mean, 1/std of each row */
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int tile = blockIdx.x, ks = blockIdx.y, ksplit = gridDim.y;
@@ -53,9 +99,10 @@ __global__ void __launch_bounds__(GV_THREADS)
     const int k0 = ks * kc, k1 = min(K, k0 + kc);
     const int kc4 = (kc + 3) & ~3;
 
+    if (ln_w) row_stats<T, MT>(inp, M, K, eps, st);
     for (int i = tid; i < MT * kc4; i += GV_THREADS) {
         const int m = i / kc4, kk = i - m * kc4, k = k0 + kk;
-        xs[m][kk] = (m < M && k < k1) ? to_float(inp[(size_t)m * K + k]) : 0.0f;
+        xs[m][kk] = (m < M && k < k1) ? in_at<T>(inp, K, m, k, ln_w, ln_b, st) : 0.0f;
     }
     __syncthreads();
 
@@ -101,8 +148,7 @@ __global__ void __launch_bounds__(GV_THREADS)
             for (int q = 0; q < GV_WARPS; q++) s += red[q][tid];
             const int c = c0 + tid;
             if (ksplit == 1) {
-                float y = s + (bias ? to_float(bias[c]) : 0.0f);
-                out[(size_t)m * OC + c] = from_float<T>(gelu ? gelu_tanh(y) : y);
+                epilogue<T>(out, resid, bias, gelu, m, OC, c, s);
             } else {
                 part[((size_t)ks * M + m) * OC + c] = s;
             }
@@ -123,8 +169,7 @@ __global__ void __launch_bounds__(GV_THREADS)
         if (c >= OC) continue;
         float s = 0.0f;
         for (int q = 0; q < ksplit; q++) s += __ldcg(&part[((size_t)q * M + m) * OC + c]); /* L2, not a stale L1 */
-        float y = s + (bias ? to_float(bias[c]) : 0.0f);
-        out[(size_t)m * OC + c] = from_float<T>(gelu ? gelu_tanh(y) : y);
+        epilogue<T>(out, resid, bias, gelu, m, OC, c, s);
     }
     if (tid == 0) counters[tile] = 0u; /* ready for the next launch */
 }
@@ -134,8 +179,10 @@ __global__ void __launch_bounds__(GV_THREADS)
 
 template <typename T, int VEC, int MT>
 __global__ void __launch_bounds__(GV_THREADS)
-    gemv_nt_kernel(float *out, int ldo, const T *inp, const T *w, int M, int K, int N) {
+    gemv_nt_kernel(float *out, int ldo, const T *inp, const T *w, int M, int K, int N, const T *ln_w, const T *ln_b,
+                   float eps) {
     __shared__ __align__(16) float xs[MT][NT_KC]; /* (MT, NT_KC) one chunk of inp's columns */
+    __shared__ float st[MT][2];                   /* (MT, 2) layernorm mean, 1/std of each row */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int j0 = (blockIdx.x * GV_WARPS + warp) * NT_ROWS; /* this warp's first output column */
 
@@ -145,12 +192,13 @@ __global__ void __launch_bounds__(GV_THREADS)
 #pragma unroll
         for (int m = 0; m < MT; m++) acc[r][m] = 0.0f;
 
+    if (ln_w) row_stats<T, MT>(inp, M, K, eps, st);
     for (int kc0 = 0; kc0 < K; kc0 += NT_KC) {
         const int len = min(NT_KC, K - kc0);
         __syncthreads(); /* the last chunk's reads are done */
         for (int i = tid; i < MT * NT_KC; i += GV_THREADS) {
             const int m = i / NT_KC, kk = i - m * NT_KC;
-            xs[m][kk] = (m < M && kk < len) ? to_float(inp[(size_t)m * K + kc0 + kk]) : 0.0f;
+            xs[m][kk] = (m < M && kk < len) ? in_at<T>(inp, K, m, kc0 + kk, ln_w, ln_b, st) : 0.0f;
         }
         __syncthreads();
         for (int kk = lane * VEC; kk < len; kk += 32 * VEC) { /* VEC > 1 only when K % VEC == 0 */
@@ -222,31 +270,42 @@ extern "C" size_t gemv_scratch_floats(int M, int OC, int ksplit) {
 
 extern "C" size_t gemv_counters(int OC) { return OC < 1 ? 0 : ((size_t)OC + 31) / 32; }
 
-template <typename T, int VEC, int MT>
-static cudaError_t launch_nn(T *out, const T *inp, const T *w, const T *bias, int M, int K, int OC, int gelu,
-                             int kc, int ksplit, float *part, unsigned *counters, cudaStream_t stream) {
-    dim3 grid((unsigned)((OC + 32 * VEC - 1) / (32 * VEC)), (unsigned)ksplit);
-    gemv_nn_kernel<T, VEC, MT><<<grid, GV_THREADS, 0, stream>>>(out, inp, w, bias, M, K, OC, gelu, kc, part, counters);
+/* The arguments of one gemv_nn launch, typed. */
+template <typename T> struct nn_args {
+    T *out;
+    const T *inp, *w, *bias, *ln_w, *ln_b;
+    T *resid;
+    float eps;
+    int M, K, OC, gelu, kc, ksplit;
+    float *part;
+    unsigned *counters;
+};
+
+template <typename T, int VEC, int MT> static cudaError_t launch_nn(const nn_args<T> &a, cudaStream_t stream) {
+    dim3 grid((unsigned)((a.OC + 32 * VEC - 1) / (32 * VEC)), (unsigned)a.ksplit);
+    gemv_nn_kernel<T, VEC, MT><<<grid, GV_THREADS, 0, stream>>>(a.out, a.inp, a.w, a.bias, a.M, a.K, a.OC, a.gelu,
+                                                                a.kc, a.part, a.counters, a.ln_w, a.ln_b, a.eps,
+                                                                a.resid);
     return cudaGetLastError();
 }
 
-template <typename T, int VEC>
-static cudaError_t nn_by_rows(T *out, const T *inp, const T *w, const T *bias, int M, int K, int OC, int gelu, int kc,
-                              int ksplit, float *part, unsigned *counters, cudaStream_t s) {
-    if (M <= 1) return launch_nn<T, VEC, 1>(out, inp, w, bias, M, K, OC, gelu, kc, ksplit, part, counters, s);
-    if (M <= 2) return launch_nn<T, VEC, 2>(out, inp, w, bias, M, K, OC, gelu, kc, ksplit, part, counters, s);
-    if (M <= 4) return launch_nn<T, VEC, 4>(out, inp, w, bias, M, K, OC, gelu, kc, ksplit, part, counters, s);
-    if (M <= 8) return launch_nn<T, VEC, 8>(out, inp, w, bias, M, K, OC, gelu, kc, ksplit, part, counters, s);
-    return launch_nn<T, VEC, 16>(out, inp, w, bias, M, K, OC, gelu, kc, ksplit, part, counters, s);
+template <typename T, int VEC> static cudaError_t nn_by_rows(const nn_args<T> &a, cudaStream_t s) {
+    if (a.M <= 1) return launch_nn<T, VEC, 1>(a, s);
+    if (a.M <= 2) return launch_nn<T, VEC, 2>(a, s);
+    if (a.M <= 4) return launch_nn<T, VEC, 4>(a, s);
+    if (a.M <= 8) return launch_nn<T, VEC, 8>(a, s);
+    return launch_nn<T, VEC, 16>(a, s);
 }
 
 extern "C" cudaError_t gemv_forward_cuda(void *out, const void *inp, const void *w, const void *bias, int M, int K,
-                                         int OC, int gelu, int ksplit, float *scratch, size_t scratch_floats,
-                                         unsigned *counters, size_t n_counters, gpt2_dtype dtype,
-                                         cudaStream_t stream) {
+                                         int OC, int gelu, const gemv_fusion *fuse, int ksplit, float *scratch,
+                                         size_t scratch_floats, unsigned *counters, size_t n_counters,
+                                         gpt2_dtype dtype, cudaStream_t stream) {
+    const gemv_fusion none = {NULL, NULL, 0.0f, NULL}, *f = fuse ? fuse : &none;
     if (M < 1 || M > GPT2_GEMV_MAX_M || K < 1 || OC < 1 || ksplit < 1 || ksplit > GPT2_GEMV_MAX_KSPLIT)
         return cudaErrorInvalidValue;
-    if (!out || !inp || !w) return cudaErrorInvalidValue;
+    if ((!out && !f->resid) || !inp || !w || (!f->ln_w != !f->ln_b) || (f->resid && gelu))
+        return cudaErrorInvalidValue;
     /* rows per split: a multiple of 4 (the float4 reads of xs), at most what shared memory holds */
     int kc = (K + ksplit - 1) / ksplit;
     kc = (kc + 3) & ~3;
@@ -262,42 +321,51 @@ extern "C" cudaError_t gemv_forward_cuda(void *out, const void *inp, const void 
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         constexpr int V = 16 / sizeof(T);
-        T *o = (T *)out;
-        const T *x = (const T *)inp, *ww = (const T *)w, *b = (const T *)bias;
-        if (wide) return nn_by_rows<T, V>(o, x, ww, b, M, K, OC, gelu, kc, splits, scratch, counters, stream);
-        return nn_by_rows<T, 1>(o, x, ww, b, M, K, OC, gelu, kc, splits, scratch, counters, stream);
+        const nn_args<T> a = {(T *)out, (const T *)inp, (const T *)w, (const T *)bias, (const T *)f->ln_w,
+                              (const T *)f->ln_b, (T *)f->resid, f->ln_eps, M, K, OC, gelu, kc, splits, scratch,
+                              counters};
+        if (wide) return nn_by_rows<T, V>(a, stream);
+        return nn_by_rows<T, 1>(a, stream);
     });
 }
 
-template <typename T, int VEC, int MT>
-static cudaError_t launch_nt(float *out, int ldo, const T *inp, const T *w, int M, int K, int N, cudaStream_t stream) {
+template <typename T> struct nt_args {
+    float *out;
+    int ldo;
+    const T *inp, *w, *ln_w, *ln_b;
+    float eps;
+    int M, K, N;
+};
+
+template <typename T, int VEC, int MT> static cudaError_t launch_nt(const nt_args<T> &a, cudaStream_t stream) {
     const size_t cols_per_block = (size_t)GV_WARPS * NT_ROWS;
-    const size_t blocks = ((size_t)N + cols_per_block - 1) / cols_per_block;
+    const size_t blocks = ((size_t)a.N + cols_per_block - 1) / cols_per_block;
     if (blocks > 0x7fffffffu) return cudaErrorInvalidValue;
-    gemv_nt_kernel<T, VEC, MT><<<(unsigned)blocks, GV_THREADS, 0, stream>>>(out, ldo, inp, w, M, K, N);
+    gemv_nt_kernel<T, VEC, MT><<<(unsigned)blocks, GV_THREADS, 0, stream>>>(a.out, a.ldo, a.inp, a.w, a.M, a.K, a.N,
+                                                                            a.ln_w, a.ln_b, a.eps);
     return cudaGetLastError();
 }
 
-template <typename T, int VEC>
-static cudaError_t nt_by_rows(float *out, int ldo, const T *inp, const T *w, int M, int K, int N, cudaStream_t s) {
-    if (M <= 1) return launch_nt<T, VEC, 1>(out, ldo, inp, w, M, K, N, s);
-    if (M <= 2) return launch_nt<T, VEC, 2>(out, ldo, inp, w, M, K, N, s);
-    if (M <= 4) return launch_nt<T, VEC, 4>(out, ldo, inp, w, M, K, N, s);
-    if (M <= 8) return launch_nt<T, VEC, 8>(out, ldo, inp, w, M, K, N, s);
-    return launch_nt<T, VEC, 16>(out, ldo, inp, w, M, K, N, s);
+template <typename T, int VEC> static cudaError_t nt_by_rows(const nt_args<T> &a, cudaStream_t s) {
+    if (a.M <= 1) return launch_nt<T, VEC, 1>(a, s);
+    if (a.M <= 2) return launch_nt<T, VEC, 2>(a, s);
+    if (a.M <= 4) return launch_nt<T, VEC, 4>(a, s);
+    if (a.M <= 8) return launch_nt<T, VEC, 8>(a, s);
+    return launch_nt<T, VEC, 16>(a, s);
 }
 
 extern "C" cudaError_t gemv_nt_forward_cuda(float *out, int ldo, const void *inp, const void *w, int M, int K, int N,
-                                            gpt2_dtype dtype, cudaStream_t stream) {
+                                            const void *ln_w, const void *ln_b, float ln_eps, gpt2_dtype dtype,
+                                            cudaStream_t stream) {
     if (M < 1 || M > GPT2_GEMV_MAX_M || K < 1 || N < 1 || ldo < N) return cudaErrorInvalidValue;
-    if (!out || !inp || !w) return cudaErrorInvalidValue;
+    if (!out || !inp || !w || (!ln_w != !ln_b)) return cudaErrorInvalidValue;
     const int vec = vec_of(dtype);
     const bool wide = K % vec == 0 && aligned16(w);
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         constexpr int V = 16 / sizeof(T);
-        const T *x = (const T *)inp, *ww = (const T *)w;
-        if (wide) return nt_by_rows<T, V>(out, ldo, x, ww, M, K, N, stream);
-        return nt_by_rows<T, 1>(out, ldo, x, ww, M, K, N, stream);
+        const nt_args<T> a = {out, ldo, (const T *)inp, (const T *)w, (const T *)ln_w, (const T *)ln_b, ln_eps, M, K, N};
+        if (wide) return nt_by_rows<T, V>(a, stream);
+        return nt_by_rows<T, 1>(a, stream);
     });
 }

@@ -32,6 +32,18 @@ size_t gemv_scratch_floats(int M, int OC, int ksplit);
 /* Counters (unsigned ints) it needs for OC output columns: one per 32-column tile at worst. */
 size_t gemv_counters(int OC);
 
+/* Optional fusions of gemv_forward_cuda, for the decode path (NULL: none):
+ *   ln_w, ln_b (K): the input rows are layer-normalised first (statistics of the whole row in float,
+ *      two passes, exactly as layernorm_forward_cuda, and rounded to T as it stores them), so the
+ *      layernorm kernel before the product is not launched;
+ *   resid (M, OC): the epilogue adds the result into the residual stream instead of writing out:
+ *      resid = round(resid + (x @ w + bias)), as residual_layernorm_forward_cuda adds a projection. */
+typedef struct {
+    const void *ln_w, *ln_b; /* (K) each, or NULL */
+    float ln_eps;
+    void *resid;             /* (M, OC) or NULL; out is not written (may be NULL) when set */
+} gemv_fusion;
+
 /* out (M, OC) in T = inp (M, K) @ w (K, OC) + bias (OC, may be NULL), then GELU (tanh form, as
  * gelu_forward_cpu) when gelu != 0; M in 1..GPT2_GEMV_MAX_M.
  * Split-K: block (tile, s) covers 32 x VEC output columns and K rows s*kc .. (s+1)*kc - 1; its 8 warps
@@ -42,14 +54,16 @@ size_t gemv_counters(int OC);
  * before the first launch; every launch leaves them zero. Launches on one stream must not overlap
  * (they share the counters and scratch). No host synchronisation: CUDA-graph capturable. */
 cudaError_t gemv_forward_cuda(void *out, const void *inp, const void *w, const void *bias, int M, int K, int OC,
-                              int gelu, int ksplit, float *scratch, size_t scratch_floats, unsigned *counters,
-                              size_t n_counters, gpt2_dtype dtype, cudaStream_t stream);
+                              int gelu, const gemv_fusion *fuse, int ksplit, float *scratch, size_t scratch_floats,
+                              unsigned *counters, size_t n_counters, gpt2_dtype dtype, cudaStream_t stream);
 
 /* out (M, ldo) float, columns 0..N-1 = inp (M, K) @ w^T with w (N, K) in T; M in 1..GPT2_GEMV_MAX_M,
  * ldo >= N. Each warp computes 4 output columns for all M rows (every weight read once, each input
- * vector read from shared memory once per 4 columns), lanes along K. */
+ * vector read from shared memory once per 4 columns), lanes along K. ln_w, ln_b (K) or NULL: the
+ * input rows are layer-normalised first, as gemv_fusion's ln_w (the final layernorm). */
 cudaError_t gemv_nt_forward_cuda(float *out, int ldo, const void *inp, const void *w, int M, int K, int N,
-                                 gpt2_dtype dtype, cudaStream_t stream);
+                                 const void *ln_w, const void *ln_b, float ln_eps, gpt2_dtype dtype,
+                                 cudaStream_t stream);
 
 #ifdef __cplusplus
 }

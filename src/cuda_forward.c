@@ -71,9 +71,9 @@ static gpt2_status linear(gpt2_cuda_ctx *x, gpt2_dtype dt, void *out, const void
                           const void *gelu_bias, int gelu, int N, int K, int OC, gpt2_error *err) {
     if (N <= x->plan.gemv_max_rows) {
         const int ks = gemv_pick_ksplit(K, OC, dt, x->n_sm);
-        CUDA_CHECK(gemv_forward_cuda(out, inp, w, gelu ? gelu_bias : NULL, N, K, OC, gelu, ks, x->a.gemv_scratch,
-                                     x->plan.gemv_scratch_floats, x->a.gemv_counters, x->plan.gemv_n_counters, dt,
-                                     x->stream));
+        CUDA_CHECK(gemv_forward_cuda(out, inp, w, gelu ? gelu_bias : NULL, N, K, OC, gelu, NULL, ks,
+                                     x->a.gemv_scratch, x->plan.gemv_scratch_floats, x->a.gemv_counters,
+                                     x->plan.gemv_n_counters, dt, x->stream));
         return GPT2_OK;
     }
     gpt2_status r = gemm_conv1d(x, out, inp, w, N, K, OC, err);
@@ -87,7 +87,7 @@ static gpt2_status gemm_unembed(gpt2_cuda_ctx *x, float *logits, const void *inp
                                 int Vp, gpt2_dtype dt, gpt2_error *err) {
     const float alpha = 1.0f, beta = 0.0f;
     if (N <= x->plan.gemv_max_rows) { /* the pad rows of lm_head are zero: their logits too, as with cuBLAS */
-        CUDA_CHECK(gemv_nt_forward_cuda(logits, Vp, inp, lm_head, N, C, Vp, dt, x->stream));
+        CUDA_CHECK(gemv_nt_forward_cuda(logits, Vp, inp, lm_head, N, C, Vp, NULL, NULL, 0.0f, dt, x->stream));
         return GPT2_OK;
     }
     CUBLAS_CHECK(cublasGemmEx(x->cublas, CUBLAS_OP_T, CUBLAS_OP_N, Vp, N, C, &alpha, lm_head, x->dt_cuda, C, inp,
@@ -118,8 +118,64 @@ static void *at(void *base, size_t e, size_t es) { return (char *)base + e * es;
 /* The device copy of weight kind k (tensors.h) in the context x. */
 #define W(k) (x->w.t[GPT2_T_##k])
 
+/* One fused GEMV: out (N, OC) = [ln(]inp[)] @ w + bias [, GELU], or resid += inp @ w + bias. */
+static gpt2_status gemv_fused(gpt2_cuda_ctx *x, gpt2_dtype dt, void *out, const void *inp, const void *w,
+                              const void *bias, int gelu, const void *ln_w, const void *ln_b, float eps, void *resid,
+                              int N, int K, int OC, gpt2_error *err) {
+    const gemv_fusion f = {ln_w, ln_b, eps, resid};
+    CUDA_CHECK(gemv_forward_cuda(out, inp, w, bias, N, K, OC, gelu, &f, gemv_pick_ksplit(K, OC, dt, x->n_sm),
+                                 x->a.gemv_scratch, x->plan.gemv_scratch_floats, x->a.gemv_counters,
+                                 x->plan.gemv_n_counters, dt, x->stream));
+    return GPT2_OK;
+}
+
+/* The decode step of few rows (N <= plan.gemv_max_rows), five launches per layer: every layernorm
+ * is computed inside the GEMV that reads its output (ln_1 in the QKV product, ln_2 in the MLP up
+ * projection, ln_f in the lm_head), every residual add in the epilogue of the projection that feeds
+ * it, the new K/V in the attention kernel:
+ *   qkv = ln1(resid) @ Wqkv;  att = attention(qkv) (+ append);  resid += att @ Wproj + bproj;
+ *   fch = gelu(ln2(resid) @ Wfc + bfc);  resid += fch @ Wfcproj + bfcproj;   logits = lnf(resid) @ lm_head^T
+ * The values stored in T are those of enqueue_forward (layernorm outputs rounded to T before the
+ * product), except that a projection joins the residual unrounded (one rounding instead of two). */
+static gpt2_status enqueue_decode_fused(gpt2_cuda_ctx *x, const gpt2_backend *be, const step_t *s, gpt2_error *err) {
+    const gpt2_config *c = &be->model->cfg;
+    const gpt2_dtype dt = be->opts.dtype;
+    const size_t es = gpt2_cuda_dtype_size(dt);
+    const int C = c->n_embd, NH = c->n_head, HS = C / NH, L = c->n_layer, V = c->vocab_size;
+    const int S = be->opts.max_slots, maxT = be->opts.max_seq, N = s->N;
+    const float eps = c->layer_norm_epsilon;
+    const size_t layer_cache = (size_t)S * (size_t)maxT * (size_t)C; /* (S, NH, maxT, HS) */
+    cudaStream_t st = x->stream;
+    gpt2_status r;
+
+    CUDA_CHECK(encoder_forward_cuda(x->a.resid, s->tok, s->pos, W(WTE), W(WPE), N, C, V, c->n_positions, dt, st));
+    for (int l = 0; l < L; l++) {
+        const size_t lc = (size_t)l * C;
+        void *kc = at(x->kv.k, (size_t)l * layer_cache, es), *vc = at(x->kv.v, (size_t)l * layer_cache, es);
+        if ((r = gemv_fused(x, dt, x->a.qkv, x->a.resid, at(W(QKVW), 3 * lc * C, es), NULL, 0, at(W(LN1W), lc, es),
+                            at(W(LN1B), lc, es), eps, NULL, N, C, 3 * C, err)))
+            return r;
+        CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, at(W(QKVB), 3 * lc, es), kc, vc, s->slot, s->pos, N, NH,
+                                         HS, maxT, S, 1, x->a.attn_scratch, x->plan.attn_scratch_floats, dt, st));
+        if ((r = gemv_fused(x, dt, NULL, x->a.att, at(W(ATTPROJW), lc * C, es), at(W(ATTPROJB), lc, es), 0, NULL,
+                            NULL, 0.0f, x->a.resid, N, C, C, err)))
+            return r;
+        if ((r = gemv_fused(x, dt, x->a.fch, x->a.resid, at(W(FCW), 4 * lc * C, es), at(W(FCB), 4 * lc, es), 1,
+                            at(W(LN2W), lc, es), at(W(LN2B), lc, es), eps, NULL, N, C, 4 * C, err)))
+            return r;
+        if ((r = gemv_fused(x, dt, NULL, x->a.fch, at(W(FCPROJW), 4 * lc * C, es), at(W(FCPROJB), lc, es), 0, NULL,
+                            NULL, 0.0f, x->a.resid, N, 4 * C, C, err)))
+            return r;
+    }
+    CUDA_CHECK(gemv_nt_forward_cuda(x->a.logits, x->plan.Vp, x->a.resid, W(LMHEAD), N, C, x->plan.Vp, W(LNFW), W(LNFB),
+                                    eps, dt, st));
+    return GPT2_OK;
+}
+
 /* Enqueues the whole forward on the stream (also used under graph capture: no host sync in here). */
 static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, const step_t *s, gpt2_error *err) {
+    if (s->decode && s->N <= x->plan.gemv_max_rows && s->rows == s->N && !s->out_row)
+        return enqueue_decode_fused(x, be, s, err);
     const gpt2_config *c = &be->model->cfg;
     const gpt2_dtype dt = be->opts.dtype;
     const size_t es = gpt2_cuda_dtype_size(dt);

@@ -377,8 +377,10 @@ Test(cuda_kernels, gelu_bias_matches_cpu) {
 /* out = act(x @ w + bias) for few rows, against matmul_forward_cpu (+ gelu_forward_cpu): the vector
  * path (OC a multiple of 8) and the scalar one (odd OC), K not a multiple of the 4-row step nor of the
  * split, every row count of the templates (1, 2, 4, 8, 16) and the ones between, the split the plan
- * would pick for an H100 (132 SMs), no split, and a forced one. Outputs and scratch poisoned; the
- * counters must be back to zero after each launch. */
+ * would pick for an H100 (132 SMs), no split, and a forced one; and the decode fusions: the input
+ * layer-normalised first (against layernorm_forward_cpu, rounded to T), and the result added into a
+ * residual (out not written). Outputs and scratch poisoned; the counters must be back to zero after
+ * each launch. */
 Test(cuda_kernels, gemv_matches_cpu) {
     REQUIRE_GPU();
     const int shapes[][3] = {{1, 768, 768}, {1, 768, 2304}, {3, 3072, 768}, {5, 33, 100}, {16, 1000, 3072},
@@ -389,93 +391,145 @@ Test(cuda_kernels, gemv_matches_cpu) {
     CK(cudaMemset(d_cnt, 0, max_counters * sizeof(unsigned)));
     for (int si = 0; si < 10; si++)
         for (int di = 0; di < 3; di++)
-            for (int variant = 0; variant < 3; variant++) { /* 0: bias, picked split; 1: gelu + bias, no split
-                                                             * where K allows; 2: gelu, no bias, 3 splits */
+            for (int variant = 0; variant < 5; variant++) {
+                /* 0: bias, picked split; 1: gelu + bias, no split where K allows; 2: gelu, no bias, 3 splits;
+                 * 3: layernorm input + bias, picked split; 4: bias into the residual, 3 splits */
                 const int M = shapes[si][0], K = shapes[si][1], OC = shapes[si][2];
                 const gpt2_dtype dt = all_dtypes[di];
-                int ks = variant == 0 ? gemv_pick_ksplit(K, OC, dt, 132) : variant == 1 ? 1 : 3;
+                int ks = variant == 0 || variant == 3 ? gemv_pick_ksplit(K, OC, dt, 132) : variant == 1 ? 1 : 3;
                 while ((K + ks - 1) / ks > GPT2_GEMV_KC) ks++; /* shared memory holds GPT2_GEMV_KC rows */
                 if (ks > K) ks = K;
-                const int gelu = variant > 0;
-                float *x, *w, *bias;
-                void *d_x = dev_rand((size_t)M * K, &seed, 1.0f, 0.0f, dt, &x);
+                const int gelu = variant == 1 || variant == 2, with_bias = variant != 2;
+                float *x, *w, *bias, *lnw, *lnb, *resid;
+                void *d_x = dev_rand((size_t)M * K, &seed, 1.0f, 0.3f, dt, &x);
                 void *d_w = dev_rand((size_t)K * OC, &seed, 1.0f / sqrtf((float)K), 0.0f, dt, &w);
                 void *d_bias = dev_rand(OC, &seed, 0.5f, 0.0f, dt, &bias);
+                void *d_lnw = dev_rand(K, &seed, 0.5f, 1.0f, dt, &lnw);
+                void *d_lnb = dev_rand(K, &seed, 0.5f, 0.0f, dt, &lnb);
+                void *d_resid = dev_rand((size_t)M * OC, &seed, 1.0f, 0.0f, dt, &resid);
                 const size_t sn = gemv_scratch_floats(M, OC, ks);
                 float *d_scr = dev_poison((sn ? sn : 1) * sizeof(float));
                 void *d_out = dev_poison((size_t)M * OC * esize(dt));
-                CK(gemv_forward_cuda(d_out, d_x, d_w, variant < 2 ? d_bias : NULL, M, K, OC, gelu, ks, d_scr, sn,
-                                     d_cnt, max_counters, dt, 0));
+                const gemv_fusion fz = {variant == 3 ? d_lnw : NULL, variant == 3 ? d_lnb : NULL, 1e-5f,
+                                        variant == 4 ? d_resid : NULL};
+                CK(gemv_forward_cuda(variant == 4 ? NULL : d_out, d_x, d_w, with_bias ? d_bias : NULL, M, K, OC, gelu,
+                                     &fz, ks, d_scr, sn, d_cnt, max_counters, dt, 0));
                 SYNC();
-                float *ref = malloc(sizeof(float) * (size_t)M * OC);
-                matmul_forward_cpu(ref, x, w, variant < 2 ? bias : NULL, M, K, OC);
+                float *in = malloc(sizeof(float) * (size_t)M * K), *ref = malloc(sizeof(float) * (size_t)M * OC);
+                cr_assert(in && ref);
+                memcpy(in, x, sizeof(float) * (size_t)M * K);
+                if (variant == 3) {
+                    layernorm_forward_cpu(in, x, lnw, lnb, M, K, 1e-5f);
+                    round_to_dtype(in, (size_t)M * K, dt); /* the layernorm output is stored in T */
+                }
+                matmul_forward_cpu(ref, in, w, with_bias ? bias : NULL, M, K, OC);
                 if (gelu) gelu_forward_cpu(ref, ref, (size_t)M * OC);
-                float *got = host_from_dev(d_out, (size_t)M * OC, dt);
+                if (variant == 4)
+                    for (size_t e = 0; e < (size_t)M * OC; e++) ref[e] += resid[e];
+                float *got = host_from_dev(variant == 4 ? d_resid : d_out, (size_t)M * OC, dt);
                 char what[128];
                 snprintf(what, sizeof what, "gemv M=%d K=%d OC=%d %s variant %d (ksplit %d)", M, K, OC,
                          dtype_name(dt), variant, ks);
                 assert_close(got, ref, (size_t)M * OC, tol_for(dt, 1e-5, 1e-4), what);
+                if (variant == 4) { /* out was not asked for: the poisoned buffer is untouched */
+                    float *o = host_from_dev(d_out, (size_t)M * OC, dt);
+                    for (size_t e = 0; e < (size_t)M * OC; e++) cr_assert(isnan(o[e]), "%s: out written", what);
+                    free(o);
+                }
                 unsigned cnt[4096];
                 CK(cudaMemcpy(cnt, d_cnt, sizeof cnt, cudaMemcpyDeviceToHost));
                 for (size_t i = 0; i < max_counters; i++) cr_assert_eq(cnt[i], 0u, "%s: counter %zu = %u", what, i, cnt[i]);
                 if (ks > 1) /* too little scratch is refused, not overrun */
-                    cr_assert_neq(gemv_forward_cuda(d_out, d_x, d_w, NULL, M, K, OC, 0, ks, d_scr, sn - 1, d_cnt,
+                    cr_assert_neq(gemv_forward_cuda(d_out, d_x, d_w, NULL, M, K, OC, 0, NULL, ks, d_scr, sn - 1, d_cnt,
                                                     max_counters, dt, 0),
                                   cudaSuccess, "%s", what);
                 free(got);
                 free(ref);
+                free(in);
                 free(x);
                 free(w);
                 free(bias);
+                free(lnw);
+                free(lnb);
+                free(resid);
                 CK(cudaFree(d_x));
                 CK(cudaFree(d_w));
                 CK(cudaFree(d_bias));
+                CK(cudaFree(d_lnw));
+                CK(cudaFree(d_lnb));
+                CK(cudaFree(d_resid));
                 CK(cudaFree(d_scr));
                 CK(cudaFree(d_out));
             }
-    /* more rows than the kernels take, and no rows, are refused */
-    cr_assert_neq(gemv_forward_cuda(d_cnt, d_cnt, d_cnt, NULL, GPT2_GEMV_MAX_M + 1, 4, 4, 0, 1, NULL, 0, d_cnt,
+    /* more rows than the kernels take, no rows, GELU into a residual, and half a layernorm are refused */
+    const gemv_fusion into = {NULL, NULL, 0.0f, d_cnt}, half = {d_cnt, NULL, 1e-5f, NULL};
+    cr_assert_neq(gemv_forward_cuda(d_cnt, d_cnt, d_cnt, NULL, GPT2_GEMV_MAX_M + 1, 4, 4, 0, NULL, 1, NULL, 0, d_cnt,
                                     max_counters, GPT2_DTYPE_F32, 0),
                   cudaSuccess);
-    cr_assert_neq(gemv_forward_cuda(d_cnt, d_cnt, d_cnt, NULL, 0, 4, 4, 0, 1, NULL, 0, d_cnt, max_counters,
+    cr_assert_neq(gemv_forward_cuda(d_cnt, d_cnt, d_cnt, NULL, 0, 4, 4, 0, NULL, 1, NULL, 0, d_cnt, max_counters,
+                                    GPT2_DTYPE_F32, 0),
+                  cudaSuccess);
+    cr_assert_neq(gemv_forward_cuda(NULL, d_cnt, d_cnt, NULL, 1, 4, 4, 1, &into, 1, NULL, 0, d_cnt, max_counters,
+                                    GPT2_DTYPE_F32, 0),
+                  cudaSuccess);
+    cr_assert_neq(gemv_forward_cuda(d_cnt, d_cnt, d_cnt, NULL, 1, 4, 4, 0, &half, 1, NULL, 0, d_cnt, max_counters,
                                     GPT2_DTYPE_F32, 0),
                   cudaSuccess);
     CK(cudaFree(d_cnt));
 }
 
 /* logits-style x @ w^T (w in nn.Linear layout) into a padded float output, against
- * matmul_nt_forward_cpu; the padding columns must stay untouched (NaN). */
+ * matmul_nt_forward_cpu, with and without the final layernorm fused on the input; the padding
+ * columns must stay untouched (NaN). */
 Test(cuda_kernels, gemv_nt_matches_cpu) {
     REQUIRE_GPU();
     const int shapes[][3] = {{1, 768, 50304}, {4, 768, 1001}, {16, 1024, 333}, {3, 33, 70}, {9, 1600, 64}, {2, 1, 5}};
     uint64_t seed = 17;
     for (int si = 0; si < 6; si++)
-        for (int di = 0; di < 3; di++) {
-            const int M = shapes[si][0], K = shapes[si][1], N = shapes[si][2], ldo = N + 5;
-            const gpt2_dtype dt = all_dtypes[di];
-            float *x, *w;
-            void *d_x = dev_rand((size_t)M * K, &seed, 1.0f, 0.0f, dt, &x);
-            void *d_w = dev_rand((size_t)N * K, &seed, 1.0f / sqrtf((float)K), 0.0f, dt, &w);
-            float *d_out = dev_poison((size_t)M * ldo * sizeof(float));
-            CK(gemv_nt_forward_cuda(d_out, ldo, d_x, d_w, M, K, N, dt, 0));
-            SYNC();
-            float *ref = malloc(sizeof(float) * (size_t)M * N);
-            matmul_nt_forward_cpu(ref, x, w, M, K, N);
-            float *got = host_from_dev(d_out, (size_t)M * ldo, GPT2_DTYPE_F32);
-            char what[128];
-            snprintf(what, sizeof what, "gemv_nt M=%d K=%d N=%d %s", M, K, N, dtype_name(dt));
-            for (int m = 0; m < M; m++) {
-                assert_close(got + (size_t)m * ldo, ref + (size_t)m * N, N, (tol_t){1e-5, 1e-4}, what);
-                for (int j = N; j < ldo; j++) cr_assert(isnan(got[(size_t)m * ldo + j]), "%s: pad column %d written", what, j);
+        for (int di = 0; di < 3; di++)
+            for (int ln = 0; ln < 2; ln++) {
+                const int M = shapes[si][0], K = shapes[si][1], N = shapes[si][2], ldo = N + 5;
+                const gpt2_dtype dt = all_dtypes[di];
+                float *x, *w, *lnw, *lnb;
+                void *d_x = dev_rand((size_t)M * K, &seed, 1.0f, 0.3f, dt, &x);
+                void *d_w = dev_rand((size_t)N * K, &seed, 1.0f / sqrtf((float)K), 0.0f, dt, &w);
+                void *d_lnw = dev_rand(K, &seed, 0.5f, 1.0f, dt, &lnw);
+                void *d_lnb = dev_rand(K, &seed, 0.5f, 0.0f, dt, &lnb);
+                float *d_out = dev_poison((size_t)M * ldo * sizeof(float));
+                CK(gemv_nt_forward_cuda(d_out, ldo, d_x, d_w, M, K, N, ln ? d_lnw : NULL, ln ? d_lnb : NULL, 1e-5f, dt,
+                                        0));
+                SYNC();
+                float *in = malloc(sizeof(float) * (size_t)M * K), *ref = malloc(sizeof(float) * (size_t)M * N);
+                cr_assert(in && ref);
+                memcpy(in, x, sizeof(float) * (size_t)M * K);
+                if (ln) {
+                    layernorm_forward_cpu(in, x, lnw, lnb, M, K, 1e-5f);
+                    round_to_dtype(in, (size_t)M * K, dt);
+                }
+                matmul_nt_forward_cpu(ref, in, w, M, K, N);
+                float *got = host_from_dev(d_out, (size_t)M * ldo, GPT2_DTYPE_F32);
+                char what[128];
+                snprintf(what, sizeof what, "gemv_nt M=%d K=%d N=%d %s ln %d", M, K, N, dtype_name(dt), ln);
+                /* 16-bit: a layernorm output can round the other way (float vs double statistics) */
+                const tol_t t = ln && dt != GPT2_DTYPE_F32 ? tol_for(dt, 0, 0) : (tol_t){1e-5, 1e-4};
+                for (int m = 0; m < M; m++) {
+                    assert_close(got + (size_t)m * ldo, ref + (size_t)m * N, N, t, what);
+                    for (int j = N; j < ldo; j++)
+                        cr_assert(isnan(got[(size_t)m * ldo + j]), "%s: pad column %d written", what, j);
+                }
+                free(got);
+                free(ref);
+                free(in);
+                free(x);
+                free(w);
+                free(lnw);
+                free(lnb);
+                CK(cudaFree(d_x));
+                CK(cudaFree(d_w));
+                CK(cudaFree(d_lnw));
+                CK(cudaFree(d_lnb));
+                CK(cudaFree(d_out));
             }
-            free(got);
-            free(ref);
-            free(x);
-            free(w);
-            CK(cudaFree(d_x));
-            CK(cudaFree(d_w));
-            CK(cudaFree(d_out));
-        }
 }
 
 /* A ragged batch: chunks of (slot, pos, n), plus one padding token (slot -1). */
