@@ -25,7 +25,9 @@
  * measures it).
  *
  * Decode appends the new token's K and V inside the attention kernel (one launch per layer fewer);
- * prefill keeps kv_append, whose many rows the tiled prefill attention then reads.
+ * prefill keeps kv_append, whose many rows the tiled prefill attention then reads. A decode step of
+ * few rows goes further (enqueue_decode_fused): the layernorms move into the GEMVs that read them and
+ * the residual adds into the projections' epilogues, five launches per layer.
  *
  * Biases: the QKV bias is added by kv_append and the attention kernels as they read q, k, v; the
  * attention-output and MLP-down biases by the fused residual + layernorm (which needs the whole row
