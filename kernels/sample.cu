@@ -411,7 +411,7 @@ __global__ void __launch_bounds__(PREP_THREADS)
 }
 
 extern "C" cudaError_t sample_cuda(int *out_tokens, float *out_logprobs, const float *logits, int V, int ld,
-                                   const gpt2_cuda_sample_params *params, const int *history, int n, int any_sort,
+                                   const gpt2_cuda_sample_params *params, const int *history, int n, int any_sampled,
                                    const gpt2_cuda_sample_scratch *scr, cudaStream_t stream) {
     if (!scr || n < 0 || n > scr->rows || V != scr->V || V < 1 || ld < V) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
@@ -420,7 +420,7 @@ extern "C" cudaError_t sample_cuda(int *out_tokens, float *out_logprobs, const f
                                                        scr->count);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    if (any_sort) {
+    if (any_sampled) {
         sample_select_kernel<<<n, SEL_THREADS, 0, stream>>>(out_tokens, V, params, n, scr->keys);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }

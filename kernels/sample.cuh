@@ -48,9 +48,9 @@ typedef struct {
  * request.
  * out_logprobs (n) on the device, or NULL: log_softmax of the raw row (before penalties and
  * temperature) at the chosen token.
- * any_sort: 0 when every request is greedy (skips the selection launch). */
+ * any_sampled: 0 when every request is greedy (skips the selection launch). */
 cudaError_t sample_cuda(int *out_tokens, float *out_logprobs, const float *logits, int V, int ld,
-                        const gpt2_cuda_sample_params *params, const int *history, int n, int any_sort,
+                        const gpt2_cuda_sample_params *params, const int *history, int n, int any_sampled,
                         const gpt2_cuda_sample_scratch *scr, cudaStream_t stream);
 
 #ifdef __cplusplus

@@ -26,7 +26,7 @@ gpt2_status gpt2_cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int 
     }
     CUDA_CHECK(cudaSetDevice(x->device));
     for (int done = 0; done < n;) {
-        int g = 0, used = 0, any_sort = 0;
+        int g = 0, used = 0, any_sampled = 0;
         while (done + g < n && g < G) {
             const gpt2_sample_req *r = &reqs[done + g];
             const gpt2_sampling *sp = r->p;
@@ -52,7 +52,7 @@ gpt2_status gpt2_cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int 
             q->n_prompt = pen ? r->n_prompt : 0;
             if (nh > 0) memcpy(sm->hist_h + used, r->history, sizeof(int) * (size_t)nh);
             used += nh;
-            any_sort |= !q->greedy;
+            any_sampled |= !q->greedy;
             g++;
         }
         CUDA_CHECK(cudaMemcpyAsync(sm->params_d, sm->params_h, sizeof(gpt2_cuda_sample_params) * (size_t)g,
@@ -61,7 +61,7 @@ gpt2_status gpt2_cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int 
             CUDA_CHECK(cudaMemcpyAsync(sm->hist_d, sm->hist_h, sizeof(int) * (size_t)used, cudaMemcpyHostToDevice,
                                        x->stream));
         CUDA_CHECK(sample_cuda(sm->out_d, out_logprobs ? sm->lp_d : NULL, x->a.logits, V, p->Vp, sm->params_d,
-                               sm->hist_d, g, any_sort, &sm->scr, x->stream));
+                               sm->hist_d, g, any_sampled, &sm->scr, x->stream));
         CUDA_CHECK(cudaMemcpyAsync(sm->out_h, sm->out_d, sizeof(int) * (size_t)g, cudaMemcpyDeviceToHost,
                                    x->stream));
         if (out_logprobs)

@@ -833,7 +833,7 @@ static void check_sampler(int V, int quantize, uint64_t seed) {
             /* groups of 6 requests (rows i0.. of the 24), n < G so unused rows are exercised too */
             gpt2_cuda_sample_params prm[G];
             gpt2_sample_req req[6];
-            int any_sort = 0;
+            int any_sampled = 0;
             for (int g = 0; g < 6; g++) {
                 const gpt2_sampling *p = &ps[i0 + g];
                 req[g] = (gpt2_sample_req){.p = p, .step = (uint64_t)step, .history = hist, .n_history = H - step * 10,
@@ -852,10 +852,10 @@ static void check_sampler(int V, int quantize, uint64_t seed) {
                     .n_hist = req[g].n_history,
                     .n_prompt = 20,
                 };
-                any_sort |= !prm[g].greedy;
+                any_sampled |= !prm[g].greedy;
             }
             CK(cudaMemcpy(d_params, prm, sizeof(gpt2_cuda_sample_params) * 6, cudaMemcpyHostToDevice));
-            CK(sample_cuda(d_out, step % 2 ? d_lp : NULL, d_logits, V, LD, d_params, d_hist, 6, any_sort, &scr, 0));
+            CK(sample_cuda(d_out, step % 2 ? d_lp : NULL, d_logits, V, LD, d_params, d_hist, 6, any_sampled, &scr, 0));
             SYNC();
             int got[6];
             float lp[6];
@@ -1322,7 +1322,7 @@ static void device_sample_rows(const float *rows, int R, int V, const gpt2_sampl
     gpt2_cuda_sample_scratch scr = sampler_scratch(R, V);
     gpt2_cuda_sample_params *prm = calloc((size_t)R, sizeof *prm);
     cr_assert(prm);
-    int any_sort = 0;
+    int any_sampled = 0;
     for (int r = 0; r < R; r++) {
         prm[r] = (gpt2_cuda_sample_params){.temperature = p->temperature, .top_p = p->top_p,
                                            .repetition_penalty = p->repetition_penalty,
@@ -1331,12 +1331,12 @@ static void device_sample_rows(const float *rows, int R, int V, const gpt2_sampl
                                            .uniform = gpt2_sample_uniform(p->seed + (uint64_t)r, step),
                                            .top_k = p->top_k, .greedy = p->temperature <= 0.0f || p->top_k == 1,
                                            .row = r};
-        any_sort |= !prm[r].greedy;
+        any_sampled |= !prm[r].greedy;
     }
     gpt2_cuda_sample_params *d_params = dev_poison(sizeof *prm * (size_t)R);
     CK(cudaMemcpy(d_params, prm, sizeof *prm * (size_t)R, cudaMemcpyHostToDevice));
     int zero = 0, *d_hist = dev_ints(&zero, 1), *d_out = dev_poison(sizeof(int) * (size_t)R);
-    CK(sample_cuda(d_out, NULL, d_logits, V, V, d_params, d_hist, R, any_sort, &scr, 0));
+    CK(sample_cuda(d_out, NULL, d_logits, V, V, d_params, d_hist, R, any_sampled, &scr, 0));
     SYNC();
     CK(cudaMemcpy(out, d_out, sizeof(int) * (size_t)R, cudaMemcpyDeviceToHost));
     sampler_scratch_free(&scr);
