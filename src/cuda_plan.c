@@ -11,6 +11,8 @@
 #include "../kernels/convert.cuh"
 #include "../kernels/gemv.cuh"
 
+_Static_assert(GEMV_MAX_ROWS >= 0 && GEMV_MAX_ROWS <= GPT2_GEMV_MAX_M, "the GEMV kernels take at most 16 rows");
+
 /* Appends a region of count * elem bytes at the next aligned offset; 0 ok, -1 on overflow. */
 static int take(size_t *cur, size_t count, size_t elem, size_t *off) {
     size_t bytes, start;
