@@ -10,6 +10,7 @@
  *    lm_head, all distinct packed matrices, 498 MB in fp32 for gpt2 124M, so nothing stays in cache)
  *    for every instruction set this CPU runs, every weight type, and 1, 8 and 64 rows: median
  *    milliseconds, GB/s of weights read, and the fraction of the read bandwidth.
+ * 3. One prefill-sized matmul, (512, C) @ (C, 4C) in fp32, per instruction set: median GFLOP/s.
  * Times are CLOCK_MONOTONIC medians; nothing here is a test (bench/RESULTS.md records the runs).
  */
 #include <omp.h>
@@ -81,7 +82,7 @@ static double copy_bw(float *dst, const float *src, size_t n, int nt, int reps) 
 }
 
 int main(int argc, char **argv) {
-    int nt = omp_get_max_threads(), reps = 5, L = 12, C = 768, V = 50257;
+    int nt = omp_get_max_threads(), reps = 5, L = 12, C = 768, V = 50257, only_gemm = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         int v = atoi(argv[i + 1]);
         if (v <= 0) {
@@ -93,6 +94,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--layers")) L = v;
         else if (!strcmp(argv[i], "--embd")) C = v;
         else if (!strcmp(argv[i], "--vocab")) V = v;
+        else if (!strcmp(argv[i], "--only-gemm")) only_gemm = v;
         else {
             fprintf(stderr, "bench_cpu: unknown option %s\n", argv[i]);
             return 2;
@@ -103,6 +105,7 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    if (only_gemm) goto gemm;
     /* 1. bandwidth */
     size_t n = (size_t)1 << 28; /* 1 GiB of floats */
     float *a = xmalloc(n * sizeof(float));
@@ -162,5 +165,29 @@ int main(int argc, char **argv) {
     free(src);
     free(inp);
     free(out);
+
+gemm:; /* 3. a prefill matmul */
+    const int M = 512, K = C, OC = 4 * C;
+    float *gw = xmalloc(sizeof(float) * (size_t)K * OC), *gx = xmalloc(sizeof(float) * (size_t)M * K);
+    float *gy = xmalloc(sizeof(float) * (size_t)M * OC);
+    for (size_t i = 0; i < (size_t)K * OC; i++) gw[i] = (float)(i % 1013) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < (size_t)M * K; i++) gx[i] = (float)(i % 101) * 1e-2f - 0.5f;
+    cpu_packed gp = {.K = K, .OC = OC, .wt = CPU_W_F32, .data = xmalloc(sizeof(float) * cpu_packed_elems(K, OC))};
+    cpu_pack(&gp, gw, 0, nt);
+    for (int isa = 0; isa < CPU_ISA_COUNT; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa)) continue;
+        double t[64];
+        for (int r = 0; r < reps + 1; r++) {
+            double t0 = now_s();
+            matmul_packed_isa((cpu_isa)isa, gy, gx, &gp, NULL, M, nt);
+            if (r) t[r - 1] = now_s() - t0;
+        }
+        printf("prefill matmul (%d, %d) @ (%d, %d) fp32, %s: %.1f GFLOP/s\n", M, K, K, OC, cpu_isa_name((cpu_isa)isa),
+               2.0 * M * K * OC / median(t, reps) / 1e9);
+    }
+    free(gp.data);
+    free(gw);
+    free(gx);
+    free(gy);
     return 0;
 }

@@ -2,6 +2,7 @@
  * instruction-set instances of the fast kernels (ops_cpu_simd.inc) and their dispatch. */
 #include "ops_cpu.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -236,6 +237,9 @@ float cpu_f16_to_f32(uint16_t h) {
 
 /* ---- instances of the fast kernels ---- */
 
+/* k block of the matmul tiles: 256 rows of a fp32 panel are 16 KiB, half of L1. */
+enum { MM_KC = 256 };
+
 #define ISA_SUFFIX sse2
 #define ISA_TARGET
 #define VW 4
@@ -281,15 +285,21 @@ static const isa_kernels isa_table[CPU_ISA_COUNT] = {
 
 const char *cpu_isa_name(cpu_isa isa) { return (unsigned)isa < CPU_ISA_COUNT ? isa_table[isa].name : "?"; }
 
+/* F16C from cpuid leaf 1 (clang's __builtin_cpu_supports does not know "f16c"; the AVX checks below
+ * already include the operating system's support for the vector registers). */
+static int have_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 int cpu_isa_supported(cpu_isa isa) {
     __builtin_cpu_init();
     switch (isa) {
     case CPU_ISA_SSE2: return 1; /* the x86-64 baseline */
-    case CPU_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case CPU_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
     case CPU_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+               __builtin_cpu_supports("fma") && have_f16c();
     default: return 0;
     }
 }
