@@ -114,7 +114,7 @@ static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n
         residual_forward_cpu(s->x, s->x, s->tmp, (size_t)N * C, nt);
         layernorm_forward_cpu(s->ln, s->x, w->ln2w + lc, w->ln2b + lc, N, C, c->layer_norm_epsilon, nt);
         matmul_packed_isa(isa, s->fch, s->ln, MAT(s, l, MAT_FC), w->fcb + lc * 4, N, nt);
-        gelu_forward_cpu(s->fch, s->fch, (size_t)N * 4 * C, nt);
+        gelu_forward_isa(isa, s->fch, s->fch, (size_t)N * 4 * C, nt);
         matmul_packed_isa(isa, s->tmp, s->fch, MAT(s, l, MAT_FCPROJ), w->fcprojb + lc, N, nt);
         residual_forward_cpu(s->x, s->x, s->tmp, (size_t)N * C, nt);
     }

@@ -274,13 +274,14 @@ typedef struct {
     const char *name;
     void (*mm_panel)(float *out, const float *inp, const cpu_packed *w, const float *bias, int n0, int n1, int p);
     attn_query_fn *attn_query;
+    void (*gelu_span)(float *out, const float *inp, size_t n);
     int mr; /* rows per register tile */
 } isa_kernels;
 
 static const isa_kernels isa_table[CPU_ISA_COUNT] = {
-    [CPU_ISA_SSE2] = {"sse2", mm_panel_sse2, attn_query_sse2, 3},
-    [CPU_ISA_AVX2] = {"avx2", mm_panel_avx2, attn_query_avx2, 6},
-    [CPU_ISA_AVX512] = {"avx512", mm_panel_avx512, attn_query_avx512, 12},
+    [CPU_ISA_SSE2] = {"sse2", mm_panel_sse2, attn_query_sse2, gelu_span_sse2, 3},
+    [CPU_ISA_AVX2] = {"avx2", mm_panel_avx2, attn_query_avx2, gelu_span_avx2, 6},
+    [CPU_ISA_AVX512] = {"avx512", mm_panel_avx512, attn_query_avx512, gelu_span_avx512, 12},
 };
 
 const char *cpu_isa_name(cpu_isa isa) { return (unsigned)isa < CPU_ISA_COUNT ? isa_table[isa].name : "?"; }
@@ -369,4 +370,12 @@ void matmul_packed_isa(cpu_isa isa, float *out, const float *inp, const cpu_pack
 int attention_forward_isa(cpu_isa isa, float *out, const float *q, int q_stride, const float *kcache,
                           const float *vcache, int pos, int T, int NH, int HS, int maxT, int nt) {
     return attention_run(isa_table[isa].attn_query, out, q, q_stride, kcache, vcache, pos, T, NH, HS, maxT, nt);
+}
+
+void gelu_forward_isa(cpu_isa isa, float *out, const float *inp, size_t n, int nt) {
+    enum { SPAN = 16384 }; /* floats per task, a multiple of every vector width */
+    const isa_kernels *ki = &isa_table[isa];
+    size_t spans = (n + SPAN - 1) / SPAN;
+#pragma omp parallel for schedule(static) if (spans > 1) num_threads(team(nt))
+    for (size_t i = 0; i < spans; i++) ki->gelu_span(out + i * SPAN, inp + i * SPAN, n - i * SPAN < SPAN ? n - i * SPAN : SPAN);
 }

@@ -209,3 +209,35 @@ Test(ops_cpu, attention_every_isa_matches_reference) {
         free(got);
     }
 }
+
+/* ---- GELU ---- */
+
+Test(ops_cpu, gelu_every_isa_matches_reference) {
+    uint64_t seed = 21;
+    const size_t n = 16384 * 2 + 37; /* two full spans and an odd tail */
+    float *x = malloc(sizeof(float) * n), *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+    cr_assert(x && want && got);
+    for (size_t i = 0; i < n; i++) x[i] = 8.0f * trand_float(&seed); /* both tails of tanh */
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 30.0f;
+    x[3] = -30.0f;
+    gelu_forward_cpu(want, x, n, 0);
+    for (int isa = 0; isa < CPU_ISA_COUNT; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa)) continue;
+        for (size_t i = 0; i < n; i++) got[i] = NAN;
+        gelu_forward_isa((cpu_isa)isa, got, x, n, 2);
+        for (size_t i = 0; i < n; i++) {
+            /* gelu in double, to judge both: the reference's 1 + tanh loses digits for x < -3 */
+            double xd = x[i], exact = 0.5 * xd * (1.0 + tanh(0.7978845608028654 * (xd + 0.044715 * xd * xd * xd)));
+            double tol = 4.0 * FLT_EPSILON * fabs(exact) + 1e-7 * fmax(1.0, fabs(xd));
+            cr_assert(fabs(got[i] - exact) <= tol, "%s gelu(%.9g) = %.9g, exact %.9g", cpu_isa_name((cpu_isa)isa),
+                      x[i], got[i], exact);
+            cr_assert(fabs(got[i] - want[i]) <= 2 * tol, "%s gelu(%.9g) = %.9g, reference %.9g",
+                      cpu_isa_name((cpu_isa)isa), x[i], got[i], want[i]);
+        }
+    }
+    free(x);
+    free(want);
+    free(got);
+}
