@@ -166,15 +166,15 @@ static int pack_weights(cpu_state *s, const gpt2_model *m, cpu_wtype wt, int nt)
     const gpt2_weights *w = &m->w;
     const int L = c->n_layer, C = c->n_embd, n_mats = L * MATS_PER_LAYER + 1;
     const size_t esize = wt == CPU_W_F32 ? sizeof(float) : sizeof(uint16_t);
-    /* the source of each matrix: (K, OC) [in, out] from the model, or (OC, K) for the lm_head */
+    /* each block matrix: (L, K, OC) in the model ([in, out]); the lm_head comes last, (V, C) */
     struct {
         const float *src;
-        int K, OC, transposed;
+        int K, OC;
     } table[MATS_PER_LAYER] = {
-        [MAT_QKV] = {w->qkvw, C, 3 * C, 0},
-        [MAT_ATTPROJ] = {w->attprojw, C, C, 0},
-        [MAT_FC] = {w->fcw, C, 4 * C, 0},
-        [MAT_FCPROJ] = {w->fcprojw, 4 * C, C, 0},
+        [MAT_QKV] = {w->qkvw, C, 3 * C},
+        [MAT_ATTPROJ] = {w->attprojw, C, C},
+        [MAT_FC] = {w->fcw, C, 4 * C},
+        [MAT_FCPROJ] = {w->fcprojw, 4 * C, C},
     };
     s->mats = calloc((size_t)n_mats, sizeof *s->mats);
     if (!s->mats) return -1;
@@ -196,7 +196,7 @@ static int pack_weights(cpu_state *s, const gpt2_model *m, cpu_wtype wt, int nt)
         int l = i / MATS_PER_LAYER, k = i % MATS_PER_LAYER, last = i == n_mats - 1;
         const float *src = last ? w->lm_head : table[k].src + (size_t)l * (size_t)p->K * (size_t)p->OC;
         p->data = at;
-        cpu_pack(p, src, last ? 1 : table[k].transposed, nt);
+        cpu_pack(p, src, last, nt); /* the lm_head is (OC, K): transposed */
         at += cpu_packed_elems(p->K, p->OC) * esize;
     }
     return 0;
