@@ -14,7 +14,8 @@
 #include <stdint.h>
 
 /* Instruction sets the fast ops are compiled for. SSE2 is the x86-64 baseline; AVX2 also means FMA
- * and F16C; AVX-512 means AVX512F (+VL, BW) with FMA and F16C. With FMA a multiply-add rounds once
+ * and F16C; AVX-512 means AVX512F with FMA and F16C (compiled always; run only where the CPU has it,
+ * which the development machine does not). With FMA a multiply-add rounds once
  * instead of twice, so the AVX variants differ from SSE2 and from the reference in the last bits
  * (well inside the fp32 tolerance; the build keeps -fno-fast-math and no contraction elsewhere). */
 typedef enum { CPU_ISA_SSE2 = 0, CPU_ISA_AVX2, CPU_ISA_AVX512, CPU_ISA_COUNT } cpu_isa;
