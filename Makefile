@@ -43,7 +43,7 @@ LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_OBJS)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 
-.PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind
+.PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind bench-cpu
 all: $(BUILD)/gpt2 $(BUILD)/libgpt2.a
 
 $(BUILD)/%.o: %.c
@@ -56,6 +56,12 @@ $(BUILD)/%.o: %.cu
 
 # The CPU engine's inner loops want the full vectoriser (no fast-math: results stay IEEE).
 $(BUILD)/src/ops_cpu.o: OPT = -O3
+
+# The CPU benchmark driver: memory bandwidth and the decode-step matmuls (see bench/bench_cpu.c).
+bench-cpu: $(BUILD)/bench_cpu
+$(BUILD)/bench_cpu: $(BUILD)/bench/bench_cpu.o $(BUILD)/libgpt2.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/bench/bench_cpu.o: OPT = -O3
 
 $(BUILD)/libgpt2.a: $(LIB_OBJS)
 	@rm -f $@
@@ -119,4 +125,4 @@ gpu-check:
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz build-gpu
 
--include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/bench/bench_cpu.d

@@ -208,7 +208,7 @@ Test(cuda_kernels, encoder_matches_cpu) {
             CK(encoder_forward_cuda(d_out, d_tok, d_pos, d_wte, d_wpe, N, C, V, maxT, dt, 0));
             SYNC();
             float *got = host_from_dev(d_out, (size_t)N * C, dt), *ref = malloc(sizeof(float) * N * C);
-            encoder_forward_cpu(ref, tok, pos, wte, wpe, N, C);
+            encoder_forward_cpu(ref, tok, pos, wte, wpe, N, C, 0);
             char what[96];
             snprintf(what, sizeof what, "encoder N=%d C=%d %s", N, C, dtype_name(dt));
             assert_close(got, ref, (size_t)N * C, tol_for(dt, 1e-6, 1e-6), what);
@@ -250,7 +250,7 @@ Test(cuda_kernels, layernorm_matches_cpu) {
             CK(layernorm_forward_cuda(d_out, d_inp, d_w, d_b, N, C, 1e-5f, dt, 0));
             SYNC();
             float *got = host_from_dev(d_out, (size_t)N * C, dt), *ref = malloc(sizeof(float) * N * C);
-            layernorm_forward_cpu(ref, inp, w, b, N, C, 1e-5f);
+            layernorm_forward_cpu(ref, inp, w, b, N, C, 1e-5f, 0);
             char what[96];
             snprintf(what, sizeof what, "layernorm N=%d C=%d %s", N, C, dtype_name(dt));
             assert_close(got, ref, (size_t)N * C, tol_for(dt, 2e-5, 2e-5), what);
@@ -303,7 +303,7 @@ Test(cuda_kernels, residual_layernorm_matches_cpu) {
                 /* one rounding of an O(1) sum */
                 assert_close(got_resid, ref, (size_t)N * C, tol_for(dt, 1e-6, 1e-6), what);
                 float *full = malloc(sizeof(float) * N * C);
-                layernorm_forward_cpu(full, got_resid, w, b, N, C, 1e-5f);
+                layernorm_forward_cpu(full, got_resid, w, b, N, C, 1e-5f, 0);
                 float *got = host_from_dev(d_out, (size_t)R * C, dt);
                 for (int n = 0; n < N; n++)
                     if (rows[n] >= 0)
@@ -347,7 +347,7 @@ Test(cuda_kernels, gelu_bias_matches_cpu) {
                 SYNC();
                 float *pre = malloc(sizeof(float) * n), *ref = malloc(sizeof(float) * n);
                 for (size_t i = 0; i < n; i++) pre[i] = inp[i] + (variant == 0 ? bias[i % OC] : 0.0f);
-                gelu_forward_cpu(ref, pre, n);
+                gelu_forward_cpu(ref, pre, n, 0);
                 float *got = host_from_dev(d_out, n, dt);
                 char what[96];
                 snprintf(what, sizeof what, "gelu N=%d OC=%d %s variant %d", N, OC, dtype_name(dt), variant);
@@ -438,7 +438,7 @@ static void attention_ref(float *out, const float *qkv, const float *bias, const
             q[(size_t)t * 3 * C + e] = qkv[(size_t)(start + t) * 3 * C + e] + (bias ? bias[e] : 0.0f);
     size_t off = (size_t)c.slot * NH * maxT * HS;
     cr_assert_eq(attention_forward_cpu(out + (size_t)start * C, q, 3 * C, kc + off, vc + off, c.pos, c.n, NH, HS,
-                                       maxT),
+                                       maxT, 0),
                  0);
     free(q);
 }
