@@ -10,8 +10,6 @@
 #include "gpt2.h"
 #include "sampler.h"
 
-typedef enum { GPT2_DTYPE_F32 = 0, GPT2_DTYPE_F16, GPT2_DTYPE_BF16 } gpt2_dtype;
-
 typedef struct {
     int max_slots;  /* S: sequences held in the KV cache at once (>= 1) */
     int max_seq;    /* positions per slot, 1..n_positions */
@@ -20,6 +18,7 @@ typedef struct {
     gpt2_dtype dtype;
     int allow_tf32; /* CUDA fp32 GEMMs on TF32 tensor cores (off by default: exact comparison) */
     int n_threads;  /* CPU threads; 0 = OpenMP default */
+    int no_cuda_graphs; /* 1: CUDA decode runs without graphs (debugging) */
 } gpt2_backend_opts;
 
 /* New tokens for one sequence: they take positions pos .. pos+n-1 of slot `slot`, whose KV cache
@@ -37,6 +36,9 @@ struct gpt2_backend {
     gpt2_backend_opts opts;
     const gpt2_model *model; /* not owned; must outlive the backend */
     void *ctx;
+    char device_name[128];   /* the GPU's name, or "CPU" */
+    size_t device_bytes;     /* device memory allocated at creation (0 on the CPU) */
+    size_t host_bytes;       /* host memory allocated at creation (the model's weights not counted) */
 
     /* Runs the model over the chunks (sum of n <= max_tokens, distinct slots) and appends their K and V
      * to the cache. Keeps logits on the backend: one row per chunk (its last token), or one row per
@@ -46,9 +48,9 @@ struct gpt2_backend {
     /* Copies the first n_rows rows of the last forward's logits to dst (n_rows, V) on the host. */
     gpt2_status (*read_logits)(gpt2_backend *be, float *dst, int n_rows, gpt2_error *err);
     /* Samples one token from each of the first n logits rows of the last forward; request i reads
-     * row i. Only B token ids cross to the host. */
-    gpt2_status (*sample)(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens,
-                          gpt2_error *err);
+     * row i. Only B token ids cross to the host. out_logprobs may be NULL; when not, out_logprobs[i] =
+     * log_softmax(row i of the raw logits, before penalties, temperature, top-k, top-p)[out_tokens[i]]. */
+    gpt2_status (*sample)(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens, float *out_logprobs, gpt2_error *err);
     void (*destroy)(gpt2_backend *be);
 };
 
@@ -66,8 +68,7 @@ gpt2_status gpt2_backend_check_chunks(const gpt2_backend_opts *o, const gpt2_chu
 gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                     gpt2_error *err);
 
-/* CUDA: present only when built with nvcc (GPT2_HAVE_CUDA). */
-int gpt2_cuda_device_count(void); /* 0 when not built in or no usable GPU */
+/* CUDA: present only when built with nvcc (GPT2_HAVE_CUDA); gpt2_cuda_device_count is in gpt2.h. */
 gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                      gpt2_error *err);
 

@@ -1,5 +1,6 @@
 /* backend_cpu.c: the float32 reference engine. The forward pass reads top to bottom in cpu_forward. */
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,8 +60,8 @@ static float *cache_layer(float *cache, const gpt2_config *c, const gpt2_backend
     return cache + ((size_t)l * (size_t)o->max_slots + (size_t)slot) * per_slot;
 }
 
-static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n_chunks, int all_logits,
-                               gpt2_error *err) {
+static gpt2_status cpu_forward_run(gpt2_backend *be, const gpt2_chunk *chunks, int n_chunks, int all_logits,
+                                   gpt2_error *err) {
     cpu_state *s = be->ctx;
     const gpt2_config *c = &be->model->cfg;
     const gpt2_weights *w = &be->model->w;
@@ -119,6 +120,17 @@ static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n
     return GPT2_OK;
 }
 
+/* opts.n_threads applies to this call only: the calling thread's OpenMP setting (a per-thread ICV) is
+ * put back after, so the library leaves no process or thread state behind. */
+static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n_chunks, int all_logits,
+                               gpt2_error *err) {
+    int n = be->opts.n_threads, before = omp_get_max_threads();
+    if (n > 0) omp_set_num_threads(n);
+    gpt2_status st = cpu_forward_run(be, chunks, n_chunks, all_logits, err);
+    if (n > 0) omp_set_num_threads(before);
+    return st;
+}
+
 static gpt2_status cpu_read_logits(gpt2_backend *be, float *dst, int n_rows, gpt2_error *err) {
     cpu_state *s = be->ctx;
     if (n_rows < 0 || n_rows > s->n_rows)
@@ -129,7 +141,7 @@ static gpt2_status cpu_read_logits(gpt2_backend *be, float *dst, int n_rows, gpt
 }
 
 static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens,
-                              gpt2_error *err) {
+                              float *out_logprobs, gpt2_error *err) {
     cpu_state *s = be->ctx;
     int V = be->model->cfg.vocab_size;
     if (n < 0 || n > s->n_rows)
@@ -137,6 +149,8 @@ static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int
     for (int i = 0; i < n; i++) {
         memcpy(s->work, s->logits + (size_t)i * V, sizeof(float) * (size_t)V);
         out_tokens[i] = gpt2_sample_row(s->work, V, &reqs[i], &s->scratch);
+        /* from the raw row: the sampler changed only its copy */
+        if (out_logprobs) out_logprobs[i] = gpt2_logprob_row(s->logits + (size_t)i * V, V, out_tokens[i]);
     }
     return GPT2_OK;
 }
@@ -180,8 +194,9 @@ gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts
     if (!s->x || !s->ln || !s->qkv || !s->atty || !s->tmp || !s->fch || !s->lnf || !s->logits || !s->work || !s->tokens ||
         !s->pos || !s->rows || !s->kcache || !s->vcache || gpt2_sample_scratch_init(&s->scratch, c->vocab_size))
         goto nomem;
-    if (opts->n_threads > 0) omp_set_num_threads(opts->n_threads);
     be->name = "cpu";
+    snprintf(be->device_name, sizeof be->device_name, "CPU");
+    be->host_bytes = sizeof(float) * (N * C * 11 + R * C + R * V + V * 2 + 2 * cache_floats) + sizeof(int) * (2 * N + R + 2 * V);
     be->opts = *opts;
     be->model = m;
     be->ctx = s;

@@ -632,8 +632,11 @@ static gpt2_status cuda_read_logits(gpt2_backend *be, float *dst, int n_rows, gp
 }
 
 static gpt2_status cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens,
-                               gpt2_error *err) {
+                               float *out_logprobs, gpt2_error *err) {
     cuda_ctx *x = be->ctx;
+    /* Placeholder until the CUDA logprobs work (another branch, same signature) is merged over it. */
+    if (out_logprobs)
+        return gpt2_fail(err, GPT2_ERR_UNSUPPORTED, "sample: logprobs are not implemented on CUDA in this build");
     const plan_t *p = &x->plan;
     const int V = be->model->cfg.vocab_size, G = p->sample_rows;
     if (n < 0 || n > x->n_rows)
@@ -823,13 +826,14 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
 
     if ((st = upload_weights(x, m, opts->dtype, err))) goto fail;
 
-    const char *g = getenv("GPT2_CUDA_GRAPHS");
-    x->use_graphs = !(g && !strcmp(g, "0"));
+    x->use_graphs = !opts->no_cuda_graphs;
     for (int b = 1; b < opts->max_slots && x->n_buckets < MAX_BUCKETS - 1; b *= 2) x->bucket_size[x->n_buckets++] = b;
     x->bucket_size[x->n_buckets++] = opts->max_slots;
 
     CUDA_TRY(cudaStreamSynchronize(x->stream));
     be->name = "cuda";
+    snprintf(be->device_name, sizeof be->device_name, "%s", prop.name);
+    be->device_bytes = p->total;
     be->opts = *opts;
     be->model = m;
     be->ctx = x;

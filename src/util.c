@@ -19,6 +19,7 @@ const char *gpt2_strerror(gpt2_status s) {
     case GPT2_ERR_DEVICE_MEM: return "does not fit in GPU memory";
     case GPT2_ERR_UNSUPPORTED: return "unsupported";
     case GPT2_ERR_LIMIT: return "limit exceeded";
+    case GPT2_ERR_ABORTED: return "aborted by the caller";
     }
     return "unknown status";
 }

@@ -970,7 +970,7 @@ Test(cuda_backend, sample_matches_cpu_sampler) {
                                        .n_prompt = 4};
         }
         int got[B];
-        cr_assert_eq(be->sample(be, req, B, got, &err), GPT2_OK, "%s", err.msg);
+        cr_assert_eq(be->sample(be, req, B, got, NULL, &err), GPT2_OK, "%s", err.msg);
         for (int b = 0; b < B; b++) {
             memcpy(row, logits + (size_t)b * V, sizeof(float) * (size_t)V);
             int want = gpt2_sample_row(row, V, &req[b], &cpu);
@@ -980,7 +980,7 @@ Test(cuda_backend, sample_matches_cpu_sampler) {
     int one;
     gpt2_sampling p = gpt2_sampling_default();
     gpt2_sample_req r = {.p = &p};
-    cr_assert_eq(be->sample(be, &r, B + 1, &one, &err), GPT2_ERR_ARG); /* more rows than the forward made */
+    cr_assert_eq(be->sample(be, &r, B + 1, &one, NULL, &err), GPT2_ERR_ARG); /* more rows than the forward made */
     free(row);
     free(logits);
     gpt2_sample_scratch_free(&cpu);
