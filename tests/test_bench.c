@@ -139,7 +139,8 @@ Test(bench, cpu_run_writes_table_and_json) {
         cr_expect_float_eq(num(r, "e2e_tok_s") * num(r, "e2e_s"), B * 4, 1e-6);
         cr_expect(num(r, "decode_step_ms_p90") >= num(r, "decode_step_ms_median"));
         cr_expect(num(r, "e2e_s") >= num(r, "prefill_s") + num(r, "decode_s"));
-        cr_expect(json_is_null(json_object_get(r, "device_mem_after_mib")), "no device memory on the CPU");
+        cr_expect(json_is_null(json_object_get(r, "device_mem_mib")), "no device memory on the CPU");
+        cr_expect_eq(num(r, "decode_tokens"), B * 3, "one-step prefill: every decode step makes B tokens");
         json_t *seq0 = json_object_get(r, "seq0_tokens");
         cr_assert(json_is_array(seq0) && json_array_size(seq0) == 4);
         for (size_t t = 0; t < 4; t++) {
