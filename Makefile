@@ -30,8 +30,10 @@ CU_SRCS   := $(wildcard kernels/*.cu)
 ifeq ($(CUDA),1)
 CFLAGS      += -DGPT2_HAVE_CUDA -I$(CUDA_HOME)/include
 LIB_SRCS    += src/backend_cuda.c
+# -fno-gnu-unique: CUB's and Thrust's template statics become weak rather than "unique" symbols, which
+# objcopy can make local in libgpt2.a (it cannot localise unique ones).
 NVCCFLAGS   ?= -O2 -g -std=c++17 -gencode arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) \
-               -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC,-fvisibility=hidden -Werror all-warnings \
+               -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fPIC,-fvisibility=hidden,-fno-gnu-unique -Werror all-warnings \
                -Iinclude -Isrc -Ikernels -MMD -MP
 CUDA_LIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
 LDLIBS      += $(CUDA_LIBS)

@@ -282,7 +282,7 @@ GPT2_API gpt2_status gpt2_engine_logits(gpt2_engine *e, const int *ids, int T, f
 /* What the engine chose. */
 typedef struct {
     char device[16];       /* "cpu" or "cuda" */
-    char device_name[128]; /* the GPU's name, or "CPU" */
+    char device_name[256]; /* the GPU's name, or "CPU" */
     gpt2_dtype dtype;
     int max_slots, max_seq, max_tokens;
     int n_threads;         /* CPU threads asked for (0: OpenMP's default) */

@@ -36,7 +36,7 @@ struct gpt2_backend {
     gpt2_backend_opts opts;
     const gpt2_model *model; /* not owned; must outlive the backend */
     void *ctx;
-    char device_name[128];   /* the GPU's name, or "CPU" */
+    char device_name[256];   /* the GPU's name, or "CPU" */
     size_t device_bytes;     /* device memory allocated at creation (0 on the CPU) */
     size_t host_bytes;       /* host memory allocated at creation (the model's weights not counted) */
 
