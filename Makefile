@@ -50,11 +50,18 @@ TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 .PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind install
 all: $(BUILD)/gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
 
-$(BUILD)/%.o: %.c
+# Which build (CUDA=0 or 1) the objects in $(BUILD) were built for: switching rebuilds them.
+CUDA_STAMP := $(BUILD)/cuda-$(CUDA).stamp
+$(CUDA_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/cuda-*.stamp
+	@touch $@
+
+$(BUILD)/%.o: %.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -70,19 +77,19 @@ $(BUILD)/gpt2.map: $(BUILD)/gpt2.syms
 
 # One relocatable object in which every symbol but the public ones is local, so that the archive
 # exports nothing else (kernel launchers, ops) into a program that links it.
-$(BUILD)/libgpt2.a: $(LIB_OBJS) $(BUILD)/gpt2.syms
+$(BUILD)/libgpt2.a: $(LIB_OBJS) $(BUILD)/gpt2.syms $(CUDA_STAMP)
 	@rm -f $@ $(BUILD)/libgpt2.o
 	$(LD) -r -o $(BUILD)/libgpt2.o $(LIB_OBJS)
 	objcopy --keep-global-symbols=$(BUILD)/gpt2.syms $(BUILD)/libgpt2.o
 	ar rcs $@ $(BUILD)/libgpt2.o
 
-$(BUILD)/libgpt2.so: $(LIB_OBJS) $(BUILD)/gpt2.map
+$(BUILD)/libgpt2.so: $(LIB_OBJS) $(BUILD)/gpt2.map $(CUDA_STAMP)
 	$(CC) -shared $(LDFLAGS) -Wl,-soname,libgpt2.so -Wl,--version-script=$(BUILD)/gpt2.map -o $@ $(LIB_OBJS) $(LDLIBS)
 
 # Every library object with its symbols global, for the tests of internal modules.
-$(BUILD)/libgpt2_internal.a: $(LIB_OBJS)
+$(BUILD)/libgpt2_internal.a: $(LIB_OBJS) $(CUDA_STAMP)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(LIB_OBJS)
 
 $(BUILD)/gpt2: $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a $(LDLIBS)
@@ -120,6 +127,13 @@ test: $(BUILD)/gpt2 $(BUILD)/test_gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
 	GPT2_BIN=$(BUILD)/gpt2 GPT2_LIB_DIR=$(BUILD) GPT2_PREFIX=$(TEST_PREFIX) GPT2_CC="$(CC)" GPT2_CUDA=$(CUDA) \
 	    $(BUILD)/test_gpt2 --json=$(BUILD)/test-report.json $(TEST_ARGS); rc=$$?; \
 	python3 tools/test_summary.py $(BUILD)/test-report.json && exit $$rc
+
+# Benchmarks that are programs of their own (timing lives in bench/, never in tests/).
+.PHONY: bench-tokenizer
+bench-tokenizer: $(BUILD)/bench_tokenizer
+	$(BUILD)/bench_tokenizer
+$(BUILD)/bench_tokenizer: bench/bench_tokenizer.c $(BUILD)/libgpt2.a
+	$(CC) -std=c11 $(OPT) -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude $(LDFLAGS) -o $@ $< $(BUILD)/libgpt2.a $(LDLIBS)
 
 # The CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
 asan:
