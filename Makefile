@@ -124,7 +124,7 @@ TEST_PREFIX = $(abspath $(BUILD))/prefix
 test: $(BUILD)/gpt2 $(BUILD)/test_gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
 	@rm -rf $(TEST_PREFIX)
 	@$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX) >/dev/null
-	GPT2_BIN=$(BUILD)/gpt2 GPT2_LIB_DIR=$(BUILD) GPT2_PREFIX=$(TEST_PREFIX) GPT2_CC="$(CC)" GPT2_CUDA=$(CUDA) \
+	GPT2_BIN=$(BUILD)/gpt2 GPT2_LIB_DIR=$(BUILD) GPT2_PREFIX=$(TEST_PREFIX) GPT2_CC="$(CC) $(SAN)" \
 	    $(BUILD)/test_gpt2 --json=$(BUILD)/test-report.json $(TEST_ARGS); rc=$$?; \
 	python3 tools/test_summary.py $(BUILD)/test-report.json && exit $$rc
 

@@ -346,10 +346,11 @@ gpt2_status gpt2_sched_step(gpt2_engine *e, int *busy, gpt2_error *err) {
     }
     if (n_chunks > 0) {
         if ((st = be->forward(be, e->chunks, n_chunks, 0, err)) != GPT2_OK) goto out;
-        for (int k = 0; k < n_chunks; k++) e->slots[e->chunks[k].slot].n_cached += e->chunks[k].n;
         if (n_full > 0 &&
             (st = be->sample(be, e->sr, n_full, e->sampled, want_lp ? e->logprobs : NULL, err)) != GPT2_OK)
             goto out;
+        /* only now: after a failure the same tokens are forwarded again (rewriting their KV entries) */
+        for (int k = 0; k < n_chunks; k++) e->slots[e->chunks[k].slot].n_cached += e->chunks[k].n;
         for (int k = 0; k < n_full; k++) {
             gpt2_slot *sl = &e->slots[e->chunk_slot[k]];
             float lp = sl->job->want_logprobs ? e->logprobs[k] : NAN;
