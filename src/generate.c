@@ -119,7 +119,10 @@ static void finish(gpt2_engine *e, gpt2_slot *sl, gpt2_finish reason) {
 
 /* A request that ends without a slot (cancelled while queued, or max_tokens 0). */
 static void finish_unstarted(gpt2_engine *e, gpt2_job *j, gpt2_finish reason) {
-    gpt2_event ev = {.kind = GPT2_EVENT_FINISH, .finish = reason, .text = "", .prompt_tokens = j->n_prompt};
+    static const int no_tokens[1];
+    static const float no_logprobs[1];
+    gpt2_event ev = {.kind = GPT2_EVENT_FINISH, .finish = reason, .tokens = no_tokens, .logprobs = no_logprobs,
+                     .text = "", .prompt_tokens = j->n_prompt};
     deliver(j, &ev);
     retire(e, j);
 }

@@ -61,8 +61,9 @@ static int on_event(const gpt2_event *ev) {
         s->prompt_tokens = ev->prompt_tokens;
         cr_assert_leq(ev->n_tokens, 256);
         s->n_fin_tokens = ev->n_tokens;
+        cr_assert(ev->tokens && ev->logprobs && ev->text, "FINISH with a NULL pointer");
         memcpy(s->fin_tokens, ev->tokens, sizeof(int) * (size_t)ev->n_tokens);
-        if (ev->n_tokens) memcpy(s->fin_logprobs, ev->logprobs, sizeof(float) * (size_t)ev->n_tokens);
+        memcpy(s->fin_logprobs, ev->logprobs, sizeof(float) * (size_t)ev->n_tokens);
         cr_assert_lt(ev->n_text, sizeof s->fin_text);
         memcpy(s->fin_text, ev->text, ev->n_text);
         s->n_fin_text = ev->n_text;
