@@ -158,8 +158,9 @@ typedef enum {
     GPT2_FINISH_LENGTH = 0, /* max_tokens reached, or the context (max_seq) is full */
     GPT2_FINISH_STOP,       /* end-of-text or a stop string (neither is part of the output) */
     GPT2_FINISH_CANCELLED,  /* gpt2_engine_cancel, or the request's callback returned nonzero */
+    GPT2_FINISH_ERROR,      /* this request failed alone (its logits were NaN or Inf); see gpt2_event.error */
 } gpt2_finish;
-GPT2_API const char *gpt2_finish_name(gpt2_finish f); /* "length" | "stop" | "cancelled" */
+GPT2_API const char *gpt2_finish_name(gpt2_finish f); /* "length" | "stop" | "cancelled" | "error" */
 
 /* A request's handle: unique within an engine, never 0. */
 typedef uint64_t gpt2_request_id;
@@ -191,6 +192,8 @@ typedef struct {
     const float *logprobs;/* (n_tokens) their logprobs (NAN unless asked for) */
     int n_tokens;
     int prompt_tokens;    /* tokens of the prompt */
+    const char *error;    /* GPT2_FINISH_ERROR: why (text held back for stop strings is not flushed);
+                           * else NULL */
 } gpt2_event;
 
 /* Called from the thread that runs gpt2_engine_step, without any engine lock held (it may call

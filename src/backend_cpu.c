@@ -1,4 +1,5 @@
 /* backend_cpu.c: the float32 reference engine. The forward pass reads top to bottom in cpu_forward. */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,7 +151,8 @@ static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int
         memcpy(s->work, s->logits + (size_t)i * V, sizeof(float) * (size_t)V);
         out_tokens[i] = gpt2_sample_row(s->work, V, &reqs[i], &s->scratch);
         /* from the raw row: the sampler changed only its copy */
-        if (out_logprobs) out_logprobs[i] = gpt2_logprob_row(s->logits + (size_t)i * V, V, out_tokens[i]);
+        if (out_logprobs)
+            out_logprobs[i] = out_tokens[i] >= 0 ? gpt2_logprob_row(s->logits + (size_t)i * V, V, out_tokens[i]) : NAN;
     }
     return GPT2_OK;
 }

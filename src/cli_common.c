@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "util.h"
@@ -13,21 +14,44 @@ void cli_common_init(cli_common *c) {
     c->dtype = GPT2_DTYPE_F32;
 }
 
+/* getopt's short-option string from the table: an entry whose code is a letter (e.g. 'n' for
+ * --max-tokens) is also its short form. getopt_long then takes option values as given, so a value
+ * that looks like a flag (`--prompt -n`) is still a value, and nothing rewrites argv. */
+static int short_options(const struct option *opts, char *buf, size_t n) {
+    size_t k = 0;
+    for (const struct option *o = opts; o->name; o++) {
+        if (o->flag || !((o->val >= 'a' && o->val <= 'z') || (o->val >= 'A' && o->val <= 'Z'))) continue;
+        if (k + 3 > n) return -1;
+        buf[k++] = (char)o->val;
+        if (o->has_arg == required_argument) buf[k++] = ':';
+        else if (o->has_arg == optional_argument) buf[k++] = ':', buf[k++] = ':';
+    }
+    buf[k] = '\0';
+    return 0;
+}
+
 /* getopt_long over a command's table; common options handled here. 0 to go on, else an exit code. */
 int cli_parse_args(const char *cmd, int argc, char **argv, const struct option *opts, cli_common *c,
                       const char *help, int (*own)(int opt, const char *arg, void *ctx), void *ctx) {
     int opt;
+    char shorts[128];
+    if (short_options(opts, shorts + 1, sizeof shorts - 1)) {
+        fprintf(stderr, "gpt2 %s: internal error: too many short options\n", cmd);
+        return EXIT_USAGE;
+    }
+    shorts[0] = ':'; /* a missing value reports ':' rather than '?' */
     optind = 1;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
         if (opt == OPT_HELP) {
             printf("%s", help);
             return -1;
         }
-        int r = cli_common_option(cmd, opt, optarg, c);
+        int r = opt == '?' || opt == ':' ? 0 : cli_common_option(cmd, opt, optarg, c);
         if (r == 0 && opt != '?' && opt != ':') r = own(opt, optarg, ctx);
         if (r <= 0) {
-            if (r == 0) fprintf(stderr, "gpt2 %s: unknown or incomplete option '%s'\n", cmd, argv[optind - 1]);
+            if (opt == ':') fprintf(stderr, "gpt2 %s: option '%s' needs a value\n", cmd, argv[optind - 1]);
+            else if (r == 0) fprintf(stderr, "gpt2 %s: unknown option '%s'\n", cmd, argv[optind - 1]);
             fprintf(stderr, "%s", help);
             return EXIT_USAGE;
         }
@@ -59,10 +83,29 @@ int cli_common_option(const char *cmd, int opt, const char *arg, cli_common *c) 
     return 0;
 }
 
+/* --model / --tokenizer must name a directory: say so when it is missing or a file, rather than
+ * report the first file inside it that could not be opened. */
+static int check_dir_option(const char *cmd, const char *opt, const char *dir) {
+    struct stat st;
+    if (!dir) return 0;
+    if (stat(dir, &st) != 0) {
+        if (errno == ENOENT) fprintf(stderr, "gpt2 %s: %s %s: no such directory\n", cmd, opt, dir);
+        else fprintf(stderr, "gpt2 %s: %s %s: %s\n", cmd, opt, dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "gpt2 %s: %s %s: is a file, not a directory (give the model directory)\n", cmd, opt, dir);
+        return -1;
+    }
+    return 0;
+}
+
 int cli_load(const char *cmd, const cli_common *c, int want_model, gpt2_model **model, gpt2_tokenizer **tok) {
     gpt2_error err = {0};
     *tok = NULL;
     if (model) *model = NULL;
+    if (check_dir_option(cmd, "--model", c->model_dir) || check_dir_option(cmd, "--tokenizer", c->tokenizer_dir))
+        return -1;
     const char *tdir = c->tokenizer_dir ? c->tokenizer_dir : c->model_dir;
     if (gpt2_tokenizer_load(tdir, tok, &err) != GPT2_OK) {
         cli_report(cmd, &err);

@@ -2,13 +2,21 @@
  *
  * Batch jobs lose nothing: every input line is parsed and checked before any work starts (duplicate
  * ids refused); records are written in input order as they become ready, each one complete line,
- * flushed; --resume skips the ids already in the output file (dropping a torn last line); SIGINT or a
- * failure mid-run writes every finished record, even out of order, and leaves the rest for --resume. */
+ * flushed; --resume skips the requests already in the output file (dropping a torn last line), but
+ * only records whose fingerprint matches their request and model, and retries error records; SIGINT
+ * or a failure mid-run writes every finished record, even out of order, and leaves the rest for
+ * --resume. The output is never the input, and one job at a time writes it (flock). */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,7 +26,7 @@
 #include "util.h"
 
 enum {
-    OPT_PROMPT = 3000, OPT_INPUT, OPT_OUTPUT, OPT_MAXTOK, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
+    OPT_PROMPT = 3000, OPT_INPUT, OPT_OUTPUT, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
     OPT_REP, OPT_FREQ, OPT_PRES, OPT_BATCH, OPT_NO_SPECIAL, OPT_TRUNCATE, OPT_RESUME, OPT_PROGRESS
 };
 
@@ -27,12 +35,14 @@ static const char HELP[] =
     "With --prompt the continuation streams to stdout. With --input each line is a request\n"
     "  {\"id\": ..., \"prompt\": \"...\", \"max_tokens\", \"temperature\", \"top_k\", \"top_p\", \"seed\", \"stop\",\n"
     "   \"repetition_penalty\", \"frequency_penalty\", \"presence_penalty\"} (all but prompt optional)\n"
-    "and each output line is {\"id\", \"prompt_tokens\", \"tokens\", \"text\", \"finish_reason\"}, in input order;\n"
+    "and each output line is {\"id\", \"prompt_tokens\", \"tokens\", \"text\", \"finish_reason\", \"fp\"}, in input\n"
+    "order (fp: the request's fingerprint, which --resume checks);\n"
     "a bad line gets {\"id\", \"line\", \"error\"} and the exit status is 1.\n"
     "  --prompt TEXT            prompt text\n"
     "  --input FILE             JSONL requests\n"
     "  --output FILE            JSONL results (default: standard output)\n"
-    "  --resume                 skip requests whose id is already in --output, append the rest\n"
+    "  --resume                 keep the records already in --output (refused when made from another\n"
+    "                           request or model), retry its error records, append the rest\n"
     "  -n, --max-tokens N       tokens to generate per request (default 64)\n"
     "  --temperature T          0 = greedy (default 1.0)\n"
     "  --top-k K                keep the K most likely tokens (default 0 = off)\n"
@@ -54,10 +64,40 @@ typedef struct {
     gpt2_error err;
 } gen_args;
 
+/* A sampling option's value: any finite number here; its range is gpt2_sampling_check's, the same
+ * check a JSONL request's fields get, so the CLI and the input file accept exactly the same values. */
+static int sampling_option(const char *opt, const char *arg, gpt2_sampling *s, float *field_f, int *field_i) {
+    gpt2_sampling old = *s;
+    char *end;
+    errno = 0;
+    if (field_i) {
+        long v = strtol(arg, &end, 10);
+        if (errno || end == arg || *end || v < INT_MIN || v > INT_MAX) {
+            fprintf(stderr, "gpt2 generate: %s '%s': expected an integer\n", opt, arg);
+            return -1;
+        }
+        *field_i = (int)v;
+    } else {
+        double d = strtod(arg, &end);
+        if (errno == ERANGE) errno = 0; /* +-HUGE_VAL or a tiny number: the check words it, as for JSON */
+        if (errno || end == arg || *end || isnan(d)) {
+            fprintf(stderr, "gpt2 generate: %s '%s': expected a number\n", opt, arg);
+            return -1;
+        }
+        *field_f = (float)d;
+    }
+    gpt2_error err = {0};
+    if (gpt2_sampling_check(s, &err) != GPT2_OK) {
+        fprintf(stderr, "gpt2 generate: %s '%s': %s\n", opt, arg, err.msg);
+        *s = old;
+        return -1;
+    }
+    return 1;
+}
+
 static int gen_option(int opt, const char *arg, void *ctx) {
     gen_args *a = ctx;
     long v;
-    double d;
     gpt2_sampling *s = &a->defaults.sampling;
     switch (opt) {
     case OPT_PROMPT: a->prompt = arg; return 1;
@@ -68,13 +108,8 @@ static int gen_option(int opt, const char *arg, void *ctx) {
     case OPT_RESUME: a->resume = 1; return 1;
     case OPT_PROGRESS: a->progress = 1; return 1;
     case 'n':
-    case OPT_MAXTOK:
         if (cli_parse_int("generate", "--max-tokens", arg, 0, 1 << 20, &v)) return -1;
         a->defaults.max_tokens = (int)v;
-        return 1;
-    case OPT_TOPK:
-        if (cli_parse_int("generate", "--top-k", arg, 0, 1 << 30, &v)) return -1;
-        s->top_k = (int)v;
         return 1;
     case OPT_BATCH:
         if (cli_parse_int("generate", "--batch", arg, 1, 65536, &v)) return -1;
@@ -84,33 +119,20 @@ static int gen_option(int opt, const char *arg, void *ctx) {
         char *end;
         errno = 0;
         unsigned long long u = strtoull(arg, &end, 10);
-        if (errno || end == arg || *end || arg[0] == '-') {
-            fprintf(stderr, "gpt2 generate: --seed '%s': expected a non-negative integer\n", arg);
+        /* the JSONL "seed" is 0..INT64_MAX; the same here */
+        if (errno || end == arg || *end || arg[0] == '-' || u > (unsigned long long)INT64_MAX) {
+            fprintf(stderr, "gpt2 generate: --seed '%s': expected an integer in 0..%lld\n", arg, (long long)INT64_MAX);
             return -1;
         }
         s->seed = u;
         return 1;
     }
-    case OPT_TEMP:
-        if (cli_parse_float("generate", "--temperature", arg, 0, 1000, &d)) return -1;
-        s->temperature = (float)d;
-        return 1;
-    case OPT_TOPP:
-        if (cli_parse_float("generate", "--top-p", arg, 1e-9, 1, &d)) return -1;
-        s->top_p = (float)d;
-        return 1;
-    case OPT_REP:
-        if (cli_parse_float("generate", "--repetition-penalty", arg, 1e-6, 100, &d)) return -1;
-        s->repetition_penalty = (float)d;
-        return 1;
-    case OPT_FREQ:
-        if (cli_parse_float("generate", "--frequency-penalty", arg, -2, 2, &d)) return -1;
-        s->frequency_penalty = (float)d;
-        return 1;
-    case OPT_PRES:
-        if (cli_parse_float("generate", "--presence-penalty", arg, -2, 2, &d)) return -1;
-        s->presence_penalty = (float)d;
-        return 1;
+    case OPT_TOPK: return sampling_option("--top-k", arg, s, NULL, &s->top_k);
+    case OPT_TEMP: return sampling_option("--temperature", arg, s, &s->temperature, NULL);
+    case OPT_TOPP: return sampling_option("--top-p", arg, s, &s->top_p, NULL);
+    case OPT_REP: return sampling_option("--repetition-penalty", arg, s, &s->repetition_penalty, NULL);
+    case OPT_FREQ: return sampling_option("--frequency-penalty", arg, s, &s->frequency_penalty, NULL);
+    case OPT_PRES: return sampling_option("--presence-penalty", arg, s, &s->presence_penalty, NULL);
     case OPT_STOP:
         if (gpt2_request_add_stop(&a->defaults, arg, strlen(arg), &a->err) != GPT2_OK) {
             fprintf(stderr, "gpt2 generate: --%s\n", a->err.msg);
@@ -133,6 +155,7 @@ typedef struct {
     char *record;      /* the output line once ready (no newline), malloc'ed */
     int done;          /* written, or already in the output file (--resume) */
     int failed;        /* an error record */
+    char fp[17];       /* fingerprint of the request and model, hex ("" for an error record) */
 } job;
 
 typedef struct {
@@ -182,6 +205,230 @@ static char *utf8_sanitize(const char *s, size_t n, size_t *out_n) {
     o[k] = '\0';
     *out_n = k;
     return o;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Fingerprints: --resume must only keep records made from the same request on the same model.     */
+
+#define FNV_OFFSET 0xcbf29ce484222325ull
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+static uint64_t fnv_u64(uint64_t h, uint64_t v) {
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i)); /* byte order fixed */
+    return fnv1a(h, b, 8);
+}
+static uint64_t fnv_f32(uint64_t h, float f) {
+    f += 0.0f; /* -0 and 0 are the same setting */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return fnv_u64(h, u);
+}
+/* A length-prefixed byte string, so that ("ab", "c") and ("a", "bc") differ. */
+static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) { return fnv1a(fnv_u64(h, n), p, n); }
+
+/* Hashes up to n bytes of fd from offset off (fewer at the end of the file). 0 ok, -1 read error. */
+static int fnv_file_range(uint64_t *h, int fd, uint64_t off, uint64_t n) {
+    char buf[65536];
+    while (n > 0) {
+        ssize_t got = pread(fd, buf, n < sizeof buf ? (size_t)n : sizeof buf, (off_t)off);
+        if (got < 0) return -1;
+        if (got == 0) break;
+        *h = fnv1a(*h, buf, (size_t)got);
+        off += (uint64_t)got;
+        n -= (uint64_t)got;
+    }
+    return 0;
+}
+
+static int is_weights_file(const struct dirent *d) {
+    size_t n = strlen(d->d_name);
+    return (n > 12 && !strcmp(d->d_name + n - 12, ".safetensors")) ||
+           (n > 23 && !strcmp(d->d_name + n - 23, ".safetensors.index.json")) || !strcmp(d->d_name, "config.json");
+}
+
+/* The model's identity, cheaply: config.json, every safetensors file and index of the directory
+ * (sorted by name): name, size, whole index/config files, each safetensors header and the first and
+ * last 64 KiB of its data. A re-saved or retrained checkpoint differs; reading every weight would cost
+ * as much as loading them again. 0 ok, -1 after printing. */
+static int model_identity(const char *dir, uint64_t *out) {
+    struct dirent **names = NULL;
+    int n = scandir(dir, &names, is_weights_file, alphasort), rc = 0;
+    if (n < 0) {
+        fprintf(stderr, "gpt2 generate: %s: cannot list: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    uint64_t h = fnv_bytes(FNV_OFFSET, "gpt2 model v1", 13);
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i]->d_name;
+        char *path = gpt2_path_join(dir, name);
+        int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) : -1;
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) != 0) {
+            fprintf(stderr, "gpt2 generate: %s: cannot open: %s\n", path ? path : name, strerror(errno));
+            rc = -1;
+        } else if (S_ISREG(st.st_mode)) {
+            uint64_t size = (uint64_t)st.st_size;
+            h = fnv_bytes(h, name, strlen(name));
+            h = fnv_u64(h, size);
+            size_t len = strlen(name);
+            if (len > 12 && !strcmp(name + len - 12, ".safetensors")) {
+                unsigned char hl[8] = {0};
+                uint64_t hlen = 0;
+                if (pread(fd, hl, 8, 0) == 8)
+                    for (int k = 0; k < 8; k++) hlen |= (uint64_t)hl[k] << (8 * k);
+                uint64_t data = hlen <= size - 8 && size >= 8 ? 8 + hlen : size;
+                uint64_t tail = size - data > 65536 ? size - 65536 : data;
+                if (fnv_file_range(&h, fd, 0, data) || fnv_file_range(&h, fd, data, 65536) ||
+                    fnv_file_range(&h, fd, tail, 65536))
+                    rc = -1;
+            } else if (fnv_file_range(&h, fd, 0, size)) {
+                rc = -1;
+            }
+            if (rc) fprintf(stderr, "gpt2 generate: %s: read failed: %s\n", path, strerror(errno));
+        }
+        if (fd >= 0) close(fd);
+        free(path);
+        free(names[i]);
+        if (rc) {
+            for (int k = i + 1; k < n; k++) free(names[k]);
+            break;
+        }
+    }
+    free(names);
+    *out = h;
+    return rc;
+}
+
+/* A job's fingerprint: everything that decides its output. The parsed request (so key order and
+ * spelling in the line do not matter), with the CLI defaults it took, the prompt's token ids after
+ * --no-special and --truncate (so the tokenizer counts too), the dtype and TF32 choice, and the model.
+ * The device is left out: the CPU and CUDA fp32 engines compute the same tokens. */
+static void job_fingerprint(job *j, uint64_t model_id, const cli_common *c, const gen_args *a) {
+    const gpt2_request_spec *sp = &j->spec;
+    const gpt2_sampling *p = &sp->sampling;
+    uint64_t h = fnv_bytes(FNV_OFFSET, "gpt2 request v1", 15);
+    h = fnv_u64(h, model_id);
+    h = fnv_u64(h, (uint64_t)c->dtype);
+    h = fnv_u64(h, (uint64_t)c->allow_tf32);
+    h = fnv_u64(h, (uint64_t)a->no_special);
+    h = fnv_u64(h, (uint64_t)a->truncate);
+    h = fnv_bytes(h, sp->prompt, sp->n_prompt);
+    h = fnv_u64(h, (uint64_t)j->n_ids);
+    for (int i = 0; i < j->n_ids; i++) h = fnv_u64(h, (uint64_t)(uint32_t)j->ids[i]);
+    h = fnv_u64(h, (uint64_t)sp->max_tokens);
+    h = fnv_f32(h, p->temperature);
+    h = fnv_u64(h, (uint64_t)(uint32_t)p->top_k);
+    h = fnv_f32(h, p->top_p);
+    h = fnv_f32(h, p->repetition_penalty);
+    h = fnv_f32(h, p->frequency_penalty);
+    h = fnv_f32(h, p->presence_penalty);
+    h = fnv_u64(h, p->seed);
+    h = fnv_u64(h, (uint64_t)sp->n_stop);
+    for (int i = 0; i < sp->n_stop; i++) h = fnv_bytes(h, sp->stop[i], strlen(sp->stop[i]));
+    snprintf(j->fp, sizeof j->fp, "%016llx", (unsigned long long)h);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The output file: never the input, one writer at a time.                                          */
+
+/* 1 when --output names the file --input reads (same device and inode: another path, a symbolic
+ * or a hard link), so that writing would destroy the input. "-" is standard input. */
+static int output_is_input(const char *input, const char *output) {
+    struct stat si, so;
+    if (stat(output, &so) != 0) return 0; /* not there yet: cannot be the input */
+    if (!strcmp(input, "-") ? fstat(STDIN_FILENO, &si) != 0 : stat(input, &si) != 0) return 0;
+    return si.st_dev == so.st_dev && si.st_ino == so.st_ino;
+}
+
+/* Opens --output for appending, holding an exclusive advisory lock (flock) until the process ends
+ * (the kernel drops it on exit or death, so no stale lock survives a crash), and empties it unless
+ * resuming. Nothing is truncated before the lock is ours, so a second job refused here has not
+ * touched the first one's file. The file is re-checked after locking: if another process replaced it
+ * meanwhile (a resume that dropped error records), the lock is on the old inode and we try again.
+ * Only regular files are locked (and emptied); /dev/stdout or a pipe is written as it is.
+ * Returns 0, or -1 after printing. */
+static int open_output_locked(const char *path, int resume, FILE **out) {
+    for (int tries = 0; tries < 10; tries++) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        struct stat st, now;
+        if (fd < 0 || fstat(fd, &st) != 0) {
+            fprintf(stderr, "gpt2 generate: %s: cannot open for writing: %s\n", path, strerror(errno));
+            if (fd >= 0) close(fd);
+            return -1;
+        }
+        if (S_ISREG(st.st_mode)) {
+            if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+                if (errno == EWOULDBLOCK)
+                    fprintf(stderr, "gpt2 generate: %s: another process is writing this file (it holds its lock); "
+                                    "refusing to write it at the same time\n", path);
+                else fprintf(stderr, "gpt2 generate: %s: cannot lock: %s\n", path, strerror(errno));
+                close(fd);
+                return -1;
+            }
+            if (stat(path, &now) != 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino) {
+                close(fd); /* replaced while we waited for it: lock the new one */
+                continue;
+            }
+            if (!resume && ftruncate(fd, 0) != 0) {
+                fprintf(stderr, "gpt2 generate: %s: cannot empty: %s\n", path, strerror(errno));
+                close(fd);
+                return -1;
+            }
+        }
+        if (!(*out = fdopen(fd, "a"))) {
+            fprintf(stderr, "gpt2 generate: %s: %s\n", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        return 0;
+    }
+    fprintf(stderr, "gpt2 generate: %s: keeps being replaced by another process\n", path);
+    return -1;
+}
+
+/* Replaces `path` by `keep` bytes (the lines --resume keeps) through a locked temporary file renamed
+ * over it: a crash leaves the old file or the new one, never a half-written one, and the lock moves
+ * with the content. *out becomes the new file. 0 ok, -1 after printing. */
+static int rewrite_output(const char *given, const char *keep, size_t n, FILE **out) {
+    char *path = realpath(given, NULL); /* through a symbolic link: replace its target, not the link */
+    size_t len = path ? strlen(path) : 0;
+    char *tmp = path ? malloc(len + 16) : NULL;
+    if (!tmp) {
+        fprintf(stderr, "gpt2 generate: %s: %s\n", given, path ? "out of memory" : strerror(errno));
+        free(path);
+        return -1;
+    }
+    snprintf(tmp, len + 16, "%s.tmp-XXXXXX", path);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    FILE *f = NULL;
+    int ok = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0;
+    for (size_t off = 0; ok && off < n;) {
+        ssize_t w = write(fd, keep + off, n - off);
+        ok = w > 0;
+        off += ok ? (size_t)w : 0;
+    }
+    struct stat st;
+    ok = ok && fsync(fd) == 0 && (stat(path, &st) != 0 || fchmod(fd, st.st_mode & 07777) == 0) &&
+         rename(tmp, path) == 0 && (f = fdopen(fd, "a")) != NULL;
+    if (!ok) {
+        fprintf(stderr, "gpt2 generate: %s: cannot rewrite it through %s: %s\n", path, tmp, strerror(errno));
+        if (fd >= 0) {
+            unlink(tmp);
+            close(fd);
+        }
+        free(tmp);
+        free(path);
+        return -1;
+    }
+    free(tmp);
+    free(path);
+    fclose(*out); /* the old file's lock goes with it */
+    *out = f;
+    return 0;
 }
 
 static char *error_record(const job *j, const char *msg) {
@@ -236,6 +483,7 @@ static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens,
                                           gpt2_finish_name(reason))
                               : NULL;
     if (r && json_is_null(j->id)) json_object_set_new(r, "line", json_integer(j->line));
+    if (r && j->fp[0]) json_object_set_new(r, "fp", json_string(j->fp));
     if (!r) json_decref(toks);
     free(clean);
     j->record = r ? json_dumps(r, JSON_COMPACT) : NULL;
@@ -256,6 +504,30 @@ static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens,
     return b->write_failed;
 }
 
+/* A request that failed while running (non-finite logits): an error record in its place, retried by
+ * --resume like any error record; the exit status will be 1. */
+static int on_error_batch(void *user, int req, const char *msg) {
+    batch *b = user;
+    job *j = &b->jobs[b->req_job[req]];
+    j->failed = 1;
+    b->n_failed++;
+    b->n_finished++;
+    if (!(j->record = error_record(j, msg))) {
+        fprintf(stderr, "gpt2 generate: out of memory building the record of line %d\n", j->line);
+        return 1;
+    }
+    flush_records(b, 0);
+    return b->write_failed;
+}
+
+static int on_error_stream(void *user, int req, const char *msg) {
+    batch *b = user;
+    (void)req;
+    fprintf(stderr, "\ngpt2 generate: --prompt: %s\n", msg);
+    b->n_failed++;
+    return 0;
+}
+
 static int on_text_stream(void *user, int req, const char *bytes, size_t n) {
     (void)user;
     (void)req;
@@ -273,7 +545,9 @@ static int on_event(const gpt2_event *ev) {
     req_user *u = ev->user;
     int rc = 0;
     if (ev->kind == GPT2_EVENT_TEXT && u->stream) rc = on_text_stream(u->b, u->req, ev->text, ev->n_text);
-    if (ev->kind == GPT2_EVENT_FINISH && !u->stream)
+    if (ev->kind == GPT2_EVENT_FINISH && ev->finish == GPT2_FINISH_ERROR)
+        rc = u->stream ? on_error_stream(u->b, u->req, ev->error) : on_error_batch(u->b, u->req, ev->error);
+    else if (ev->kind == GPT2_EVENT_FINISH && !u->stream)
         rc = on_finish_batch(u->b, u->req, ev->tokens, ev->n_tokens, ev->text, ev->n_text, ev->finish);
     *u->failed |= rc;
     return rc;
@@ -320,7 +594,8 @@ static char *job_key(json_t *id, int line) {
 static int load_jobs(const char *text, size_t n_text, const gen_args *a, gpt2_tokenizer *tok, const gpt2_model *m,
                      batch *b) {
     int cap = 0, line = 0;
-    for (size_t pos = 0; pos < n_text;) {
+    size_t start = n_text >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0; /* a UTF-8 byte-order mark */
+    for (size_t pos = start; pos < n_text;) {
         const char *s = text + pos, *nl = memchr(s, '\n', n_text - pos);
         size_t len = nl ? (size_t)(nl - s) : n_text - pos;
         pos += len + (nl ? 1 : 0);
@@ -376,50 +651,114 @@ static int check_duplicates(batch *b) {
     return bad ? -1 : 0;
 }
 
-/* --resume: marks the jobs whose ids the output already holds, after cutting a torn last line. */
-static int resume_from(batch *b, const char *path) {
-    struct stat st;
-    if (stat(path, &st) != 0) return 0; /* nothing written yet */
+/* The job whose key is `key`, or NULL. */
+static job *find_job(batch *b, const char *key) {
+    for (int i = 0; i < b->n_jobs; i++)
+        if (!strcmp(b->jobs[i].key, key)) return &b->jobs[i];
+    return NULL;
+}
+
+/* --resume, with the output locked: cuts a torn last line, then goes through the records.
+ *   - a record of this job with the same fingerprint: done, kept;
+ *   - a record of this job with another fingerprint (or none): made from another input, other
+ *     settings or another model; the whole run is refused (EXIT_USAGE), naming the line;
+ *   - an error record of this job: dropped from the file (rewritten atomically), retried;
+ *   - anything else (not a record, an id not in the input, a second record of an id): reported with
+ *     its line number and left as it is.
+ * Returns 0, 1 (I/O error, printed) or EXIT_USAGE (printed). */
+static int resume_from(batch *b, const char *path, FILE **out) {
     char *data;
     size_t n;
     gpt2_error err = {0};
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "gpt2 generate: --resume: %s is not a regular file\n", path);
+        return EXIT_USAGE;
+    }
     if (gpt2_read_file(path, (size_t)1 << 34, &data, &n, &err) != GPT2_OK) {
         cli_report("generate", &err);
-        return -1;
+        return 1;
     }
     size_t keep = n;
     while (keep > 0 && data[keep - 1] != '\n') keep--;
     if (keep < n) {
-        if (truncate(path, (off_t)keep) != 0) {
+        if (ftruncate(fileno(*out), (off_t)keep) != 0) {
             fprintf(stderr, "gpt2 generate: %s: cannot cut its incomplete last line: %s\n", path, strerror(errno));
             free(data);
-            return -1;
+            return 1;
         }
         fprintf(stderr, "gpt2 generate: %s: dropped an incomplete last line (%zu bytes)\n", path, n - keep);
     }
-    int found = 0;
-    for (size_t pos = 0; pos < keep;) {
+    int *first_line = calloc((size_t)b->n_jobs + 1, sizeof(int)); /* output line of each job's record */
+    char *kept = malloc(keep + 1);                                  /* the lines that stay */
+    size_t n_kept = 0;
+    int rc = 0, found = 0, retried = 0, foreign = 0, line = 0;
+    if (!first_line || !kept) {
+        fprintf(stderr, "gpt2 generate: out of memory reading %s\n", path);
+        rc = 1;
+    }
+    for (size_t pos = 0; !rc && pos < keep;) {
         char *nl = memchr(data + pos, '\n', keep - pos);
         size_t len = (size_t)(nl - (data + pos));
+        line++;
         json_t *rec = json_loadb(data + pos, len, 0, NULL);
-        json_t *id = rec ? json_object_get(rec, "id") : NULL;
+        json_t *id = json_is_object(rec) ? json_object_get(rec, "id") : NULL;
         json_t *ln = rec ? json_object_get(rec, "line") : NULL;
-        char *key = id && (!json_is_null(id) || json_is_integer(ln))
-                        ? job_key(id, (int)json_integer_value(ln))
-                        : NULL;
-        for (int i = 0; key && i < b->n_jobs; i++)
-            if (!b->jobs[i].done && !strcmp(b->jobs[i].key, key)) {
-                b->jobs[i].done = 1;
-                found++;
-                break;
+        char *key = id && (!json_is_null(id) || json_is_integer(ln)) ? job_key(id, (int)json_integer_value(ln))
+                                                                     : NULL;
+        job *j = key ? find_job(b, key) : NULL;
+        int drop = 0;
+        if (!j) {
+            int blank = 1;
+            for (size_t k = 0; k < len && blank; k++) blank = data[pos + k] == ' ' || data[pos + k] == '\r';
+            if (!blank) {
+                if (foreign++ < 10)
+                    fprintf(stderr, "gpt2 generate: --resume: %s line %d: %s; left as it is\n", path, line,
+                            !key ? "not a record of this program" : "its id is not in the input");
             }
+        } else if (first_line[j - b->jobs]) {
+            if (foreign++ < 10)
+                fprintf(stderr, "gpt2 generate: --resume: %s line %d: a second record for id %s (the first is on "
+                                "line %d); left as it is\n", path, line, key, first_line[j - b->jobs]);
+        } else if (json_object_get(rec, "error")) {
+            drop = 1; /* an error is not a result: run it again */
+            retried++;
+        } else {
+            const char *fp = json_string_value(json_object_get(rec, "fp"));
+            if (!fp || strcmp(fp, j->fp)) {
+                fprintf(stderr,
+                        "gpt2 generate: --resume: %s line %d: the record for id %s was made from %s (fingerprint %s, "
+                        "this input line %d gives %s); refusing to mix outputs: use another --output, or drop "
+                        "--resume to start over\n",
+                        path, line, key, fp ? "another request or model" : "an unknown request (no \"fp\")",
+                        fp ? fp : "none", j->line, j->fp[0] ? j->fp : "an error");
+                rc = EXIT_USAGE;
+            } else {
+                first_line[j - b->jobs] = line;
+                j->done = 1;
+                found++;
+            }
+        }
+        if (!drop) {
+            memcpy(kept + n_kept, data + pos, len + 1);
+            n_kept += len + 1;
+        }
         free(key);
         json_decref(rec);
         pos += len + 1;
     }
+    if (foreign > 10) fprintf(stderr, "gpt2 generate: --resume: %s: %d lines in all that are not records of this "
+                                      "job\n", path, foreign);
+    if (!rc && retried) {
+        if (rewrite_output(path, kept, n_kept, out)) rc = 1;
+        else fprintf(stderr, "gpt2 generate: --resume: %d error records dropped from %s, to run again\n", retried,
+                     path);
+    }
+    if (!rc) fprintf(stderr, "gpt2 generate: --resume: %d of %d requests already in %s\n", found, b->n_jobs, path);
+    free(first_line);
+    free(kept);
     free(data);
-    fprintf(stderr, "gpt2 generate: --resume: %d of %d requests already in %s\n", found, b->n_jobs, path);
-    return 0;
+    return rc;
 }
 
 static void free_jobs(batch *b) {
@@ -458,7 +797,7 @@ int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {
         CLI_COMMON_OPTIONS,
         {"prompt", required_argument, 0, OPT_PROMPT}, {"input", required_argument, 0, OPT_INPUT},
-        {"output", required_argument, 0, OPT_OUTPUT}, {"max-tokens", required_argument, 0, OPT_MAXTOK},
+        {"output", required_argument, 0, OPT_OUTPUT}, {"max-tokens", required_argument, 0, 'n'},
         {"temperature", required_argument, 0, OPT_TEMP}, {"top-k", required_argument, 0, OPT_TOPK},
         {"top-p", required_argument, 0, OPT_TOPP}, {"seed", required_argument, 0, OPT_SEED},
         {"stop", required_argument, 0, OPT_STOP}, {"repetition-penalty", required_argument, 0, OPT_REP},
@@ -472,9 +811,6 @@ int cmd_generate(int argc, char **argv) {
     a.defaults.max_tokens = 64;
     a.defaults.sampling = gpt2_sampling_default();
     a.defaults.sampling.temperature = 1.0f;
-    /* -n is the one short option: rewrite it to --max-tokens for the long-only parser */
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-n")) argv[i] = "--max-tokens";
     int rc = cli_parse_args("generate", argc, argv, opts, &c, HELP, gen_option, &a);
     if (rc) {
         gpt2_request_spec_free(&a.defaults);
@@ -483,6 +819,12 @@ int cmd_generate(int argc, char **argv) {
     if (!c.model_dir || !a.prompt == !a.input || (a.resume && !a.output)) {
         fprintf(stderr, "gpt2 generate: --model and exactly one of --prompt or --input are required%s\n%s",
                 a.resume && !a.output ? "; --resume needs --output" : "", HELP);
+        gpt2_request_spec_free(&a.defaults);
+        return EXIT_USAGE;
+    }
+    if (a.input && a.output && output_is_input(a.input, a.output)) {
+        fprintf(stderr, "gpt2 generate: --output %s is the same file as --input %s; writing it would destroy the "
+                        "input\n", a.output, a.input);
         gpt2_request_spec_free(&a.defaults);
         return EXIT_USAGE;
     }
@@ -519,7 +861,15 @@ int cmd_generate(int argc, char **argv) {
             goto out;
         }
         if (check_duplicates(&b)) goto out;
-        if (a.resume && resume_from(&b, a.output)) goto out;
+        uint64_t model_id;
+        if (model_identity(c.model_dir, &model_id)) goto out;
+        for (int i = 0; i < b.n_jobs; i++)
+            if (!b.jobs[i].failed) job_fingerprint(&b.jobs[i], model_id, &c, &a);
+        b.out_name = a.output ? a.output : "standard output";
+        if (a.output && open_output_locked(a.output, a.resume, &b.out)) goto out;
+        if (!a.output) b.out = stdout;
+        if (a.resume && (rc = resume_from(&b, a.output, &b.out)) != 0) goto out;
+        rc = 1;
     }
 
     /* Requests for the jobs still to run. */
@@ -539,12 +889,6 @@ int cmd_generate(int argc, char **argv) {
     b.n_to_run = n_reqs;
 
     if (a.input) {
-        b.out_name = a.output ? a.output : "standard output";
-        b.out = a.output ? fopen(a.output, a.resume ? "a" : "w") : stdout;
-        if (!b.out) {
-            fprintf(stderr, "gpt2 generate: %s: cannot open for writing: %s\n", a.output, strerror(errno));
-            goto out;
-        }
         b.progress = a.progress || isatty(STDERR_FILENO);
         flush_records(&b, 0); /* error records at the head of the input */
     }

@@ -14,7 +14,13 @@
 #include "util.h"
 
 const char *gpt2_finish_name(gpt2_finish f) {
-    return f == GPT2_FINISH_STOP ? "stop" : f == GPT2_FINISH_CANCELLED ? "cancelled" : "length";
+    switch (f) {
+    case GPT2_FINISH_LENGTH: return "length";
+    case GPT2_FINISH_STOP: return "stop";
+    case GPT2_FINISH_CANCELLED: return "cancelled";
+    case GPT2_FINISH_ERROR: return "error";
+    }
+    return "unknown";
 }
 
 void gpt2_job_free(gpt2_job *j) {
@@ -112,6 +118,23 @@ static void finish(gpt2_engine *e, gpt2_slot *sl, gpt2_finish reason) {
     gpt2_event ev = {.kind = GPT2_EVENT_FINISH, .finish = reason, .tokens = sl->hist + (sl->n_hist - sl->n_gen),
                      .logprobs = sl->lp, .n_tokens = sl->n_gen, .text = sl->text ? sl->text : "",
                      .n_text = sl->n_text, .prompt_tokens = j->n_prompt};
+    deliver(j, &ev);
+    sl->job = NULL;
+    retire(e, j);
+}
+
+/* The backend's sampler found a non-finite logits row for this slot's request: that request fails
+ * alone (FINISH with GPT2_FINISH_ERROR, its slot freed), since a token drawn from NaNs would be
+ * garbage passed off as output. Held-back text is not flushed. */
+static void fail_nonfinite(gpt2_engine *e, gpt2_slot *sl) {
+    gpt2_job *j = sl->job;
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "the logits for generated token %d are not finite (NaN or Inf): the model's forward pass broke down",
+             sl->n_gen);
+    gpt2_event ev = {.kind = GPT2_EVENT_FINISH, .finish = GPT2_FINISH_ERROR, .tokens = sl->hist + (sl->n_hist - sl->n_gen),
+                     .logprobs = sl->lp, .n_tokens = sl->n_gen, .text = sl->text ? sl->text : "",
+                     .n_text = sl->n_text, .prompt_tokens = j->n_prompt, .error = msg};
     deliver(j, &ev);
     sl->job = NULL;
     retire(e, j);
@@ -356,6 +379,10 @@ gpt2_status gpt2_sched_step(gpt2_engine *e, int *busy, gpt2_error *err) {
         for (int k = 0; k < n_chunks; k++) e->slots[e->chunks[k].slot].n_cached += e->chunks[k].n;
         for (int k = 0; k < n_full; k++) {
             gpt2_slot *sl = &e->slots[e->chunk_slot[k]];
+            if (e->sampled[k] == GPT2_SAMPLE_NONFINITE) {
+                fail_nonfinite(e, sl);
+                continue;
+            }
             float lp = sl->job->want_logprobs ? e->logprobs[k] : NAN;
             if ((st = take_token(e, sl, e->sampled[k], lp, err)) != GPT2_OK) goto out;
         }
@@ -372,6 +399,8 @@ out:;
 typedef struct {
     const gpt2_gen_callbacks *cb;
     int aborted;
+    int failed;    /* a request failed and there is no on_error: the run ends with GPT2_ERR_FORMAT */
+    char msg[512];
 } gen_state;
 
 typedef struct {
@@ -381,12 +410,19 @@ typedef struct {
 
 static int gen_event(const gpt2_event *ev) {
     const gen_user *u = ev->user;
-    const gpt2_gen_callbacks *cb = u->g->cb;
+    gen_state *g = u->g;
+    const gpt2_gen_callbacks *cb = g->cb;
     int rc = 0;
     if (ev->kind == GPT2_EVENT_TEXT && cb->on_text) rc = cb->on_text(cb->user, u->req, ev->text, ev->n_text);
-    if (ev->kind == GPT2_EVENT_FINISH && cb->on_finish)
+    if (ev->kind == GPT2_EVENT_FINISH && ev->finish == GPT2_FINISH_ERROR) {
+        if (cb->on_error) rc = cb->on_error(cb->user, u->req, ev->error);
+        else if (!g->failed) {
+            g->failed = 1;
+            snprintf(g->msg, sizeof g->msg, "request %d: %s", u->req, ev->error);
+        }
+    } else if (ev->kind == GPT2_EVENT_FINISH && cb->on_finish)
         rc = cb->on_finish(cb->user, u->req, ev->tokens, ev->n_tokens, ev->text, ev->n_text, ev->finish);
-    if (rc) u->g->aborted = 1;
+    if (rc) g->aborted = 1;
     return rc;
 }
 
@@ -421,6 +457,7 @@ gpt2_status gpt2_generate(gpt2_backend *be, gpt2_tokenizer *tok, int eot, const 
     while (st == GPT2_OK && busy > 0) {
         if (cb->cancel && *cb->cancel) break;
         st = gpt2_engine_step(e, &busy, err);
+        if (st == GPT2_OK && g.failed) st = gpt2_fail(err, GPT2_ERR_FORMAT, "%s", g.msg);
         if (st == GPT2_OK && g.aborted) st = gpt2_fail(err, GPT2_ERR_ABORTED, "generation aborted by the caller");
     }
     gpt2_engine_destroy(e);

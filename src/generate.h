@@ -20,6 +20,10 @@ typedef struct {
      * Nonzero return aborts. */
     int (*on_finish)(void *user, int req, const int *tokens, int n_tokens, const char *text, size_t n_text,
                      gpt2_finish reason);
+    /* Request `req` failed on its own (its logits row held NaN or Inf: the sampler returned
+     * GPT2_SAMPLE_NONFINITE); it is over, with no on_finish, and the others go on. msg says why.
+     * Nonzero return aborts. When NULL, such a failure ends gpt2_generate with GPT2_ERR_FORMAT. */
+    int (*on_error)(void *user, int req, const char *msg);
     /* When set to nonzero (e.g. by a signal handler), generation stops after the current step;
      * unfinished requests are not reported. May be NULL. */
     volatile sig_atomic_t *cancel;

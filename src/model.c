@@ -5,10 +5,13 @@
  * save_pretrained names "transformer.h.0.ln_1.weight") or one of the attention-mask buffers old
  * checkpoints carry; anything else means another architecture, and is refused rather than half-loaded.
  */
+#include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "safetensors.h"
 #include "util.h"
@@ -159,6 +162,58 @@ static gpt2_status check_tensor(const loader *ld, int k, const slot *sl, gpt2_er
     return GPT2_OK;
 }
 
+/* What a checkpoint path is, for messages that say why it cannot be read (a directory, a device, a
+ * symlink loop) rather than that it is missing. Returns GPT2_OK with *present 0 when nothing is there
+ * (not even a dangling link), 1 for a regular file (through links); anything else is an error. */
+static gpt2_status probe_file(const char *path, int *present, gpt2_error *err) {
+    struct stat ls, st;
+    *present = 0;
+    if (lstat(path, &ls) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR) return GPT2_OK;
+        return gpt2_fail(err, GPT2_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    if (stat(path, &st) != 0) {
+        if (errno == ELOOP) return gpt2_fail(err, GPT2_ERR_IO, "%s: symbolic link loop (too many levels of links)", path);
+        if (errno == ENOENT) return gpt2_fail(err, GPT2_ERR_IO, "%s: dangling symbolic link (its target does not exist)", path);
+        return gpt2_fail(err, GPT2_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    const char *what = S_ISREG(st.st_mode)  ? NULL
+                       : S_ISDIR(st.st_mode) ? "a directory"
+                       : S_ISCHR(st.st_mode) ? "a character device"
+                       : S_ISBLK(st.st_mode) ? "a block device"
+                       : S_ISFIFO(st.st_mode) ? "a named pipe"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a regular file";
+    if (what) return gpt2_fail(err, GPT2_ERR_IO, "%s: is %s, not a regular file", path, what);
+    *present = 1;
+    return GPT2_OK;
+}
+
+/* The model directory itself: missing, or a file given where the directory was meant. */
+static gpt2_status check_model_dir(const char *dir, gpt2_error *err) {
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        if (errno == ENOENT) return gpt2_fail(err, GPT2_ERR_IO, "%s: model directory does not exist", dir);
+        return gpt2_fail(err, GPT2_ERR_IO, "%s: cannot open model directory: %s", dir, strerror(errno));
+    }
+    if (!S_ISDIR(st.st_mode))
+        return gpt2_fail(err, GPT2_ERR_IO,
+                         "%s: is a file, not a model directory (give the directory holding config.json and "
+                         "model.safetensors)", dir);
+    return GPT2_OK;
+}
+
+/* Weights must be finite after conversion: one NaN or Inf turns every logit it reaches into NaN,
+ * which would otherwise surface only as garbage tokens at generation time. */
+static gpt2_status check_finite(const float *x, size_t n, const slot *sl, gpt2_error *err) {
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]))
+            return gpt2_fail(err, GPT2_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value (%s) at element %zu",
+                             sl->file, sl->t->name, isnan(x[i]) ? "NaN" : x[i] > 0 ? "+Inf" : "-Inf", i);
+    }
+    return GPT2_OK;
+}
+
 static gpt2_status add_file(loader *ld, const char *path, gpt2_st_file **out, gpt2_error *err) {
     if (ld->n_files == ld->cap_files) {
         size_t cap = ld->cap_files ? 2 * ld->cap_files : 4;
@@ -230,7 +285,9 @@ static gpt2_status load_sharded(loader *ld, const char *dir, const char *index_p
             s = gpt2_fail(err, GPT2_ERR_NOMEM, "%s: out of memory", index_path);
             goto done;
         }
-        if (!gpt2_file_exists(shard_path)) {
+        int present = 0;
+        if ((s = probe_file(shard_path, &present, err))) goto done;
+        if (!present) {
             s = gpt2_fail(err, GPT2_ERR_IO, "%s: tensor '%s' maps to shard %s, which does not exist", index_path, key,
                           shard_path);
             goto done;
@@ -355,7 +412,8 @@ static float **weight_ptr(gpt2_weights *w, int k) {
 gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) {
     if (!dir || !out) return gpt2_fail(err, GPT2_ERR_ARG, "gpt2_model_load: NULL argument");
     *out = NULL;
-    gpt2_status s = GPT2_OK;
+    gpt2_status s = check_model_dir(dir, err);
+    if (s) return s;
     gpt2_model *m = NULL;
     loader ld;
     memset(&ld, 0, sizeof ld);
@@ -379,10 +437,13 @@ gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) 
 
     /* model.safetensors wins when both it and an index are there, as in transformers. */
     const char *source;
-    if (gpt2_file_exists(st_path)) {
+    int have_st = 0, have_idx = 0;
+    if ((s = probe_file(st_path, &have_st, err))) goto fail;
+    if (!have_st && (s = probe_file(idx_path, &have_idx, err))) goto fail;
+    if (have_st) {
         source = st_path;
         if ((s = load_single(&ld, st_path, err))) goto fail;
-    } else if (gpt2_file_exists(idx_path)) {
+    } else if (have_idx) {
         source = idx_path;
         if ((s = load_sharded(&ld, dir, idx_path, err))) goto fail;
     } else {
@@ -449,8 +510,11 @@ gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) 
 
     for (int k = 0; k < N_KINDS; k++) {
         if (k == K_LMHEAD && tied) continue;
-        for (size_t l = 0; l < (KINDS[k].per_layer ? L : 1); l++)
-            convert(m->w.memory + offset[k] + l * per[k], ld.slots[(size_t)k * L + l].t);
+        for (size_t l = 0; l < (KINDS[k].per_layer ? L : 1); l++) {
+            const slot *sl = &ld.slots[(size_t)k * L + l];
+            convert(m->w.memory + offset[k] + l * per[k], sl->t);
+            if ((s = check_finite(m->w.memory + offset[k] + l * per[k], per[k], sl, err))) goto fail;
+        }
     }
     *out = m;
     m = NULL;

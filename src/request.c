@@ -1,6 +1,7 @@
 /* request.c: parsing and validating one JSONL generation request. */
 #include "request.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,8 @@ void gpt2_request_spec_free(gpt2_request_spec *r) {
 gpt2_status gpt2_sampling_check(const gpt2_sampling *s, gpt2_error *err) {
     if (!(s->temperature >= 0.0f && s->temperature <= 1000.0f))
         return gpt2_fail(err, GPT2_ERR_ARG, "temperature %g: must be in 0..1000 (0 = greedy)", s->temperature);
-    if (s->top_k < 0) return gpt2_fail(err, GPT2_ERR_ARG, "top_k %d: must be >= 0 (0 = off)", s->top_k);
+    if (s->top_k < 0 || s->top_k > GPT2_MAX_TOP_K)
+        return gpt2_fail(err, GPT2_ERR_ARG, "top_k %d: must be in 0..%d (0 = off)", s->top_k, GPT2_MAX_TOP_K);
     if (!(s->top_p > 0.0f && s->top_p <= 1.0f))
         return gpt2_fail(err, GPT2_ERR_ARG, "top_p %g: must be in (0, 1]", s->top_p);
     if (!(s->repetition_penalty > 0.0f && s->repetition_penalty <= 100.0f))
@@ -61,8 +63,9 @@ static gpt2_status get_int(json_t *v, const char *key, long long lo, long long h
 
 static gpt2_status get_float(json_t *v, const char *key, float *out, gpt2_error *err) {
     double d;
-    if (get_number(v, &d) || !isfinite(d) || fabs(d) > 1e6)
+    if (get_number(v, &d) || !isfinite(d))
         return gpt2_fail(err, GPT2_ERR_ARG, "\"%s\": must be a number", key);
+    /* the range is gpt2_sampling_check's (shared with the CLI); out-of-float values become +-inf there */
     *out = (float)d;
     return GPT2_OK;
 }
@@ -84,14 +87,20 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
     const char *key;
     json_t *v;
     int have_stop = 0;
+    /* The id first, whatever its place in the line, so that the error record of a bad field before
+     * it still carries it. null is refused: it would be indistinguishable from "no id". */
+    json_t *idv = json_object_get(root, "id");
+    if (idv) {
+        if (!json_is_string(idv) && !json_is_integer(idv)) {
+            st = gpt2_fail(err, GPT2_ERR_ARG, "\"id\": must be a string or an integer");
+            goto fail;
+        }
+        r.id = json_incref(idv);
+    }
     json_object_foreach(root, key, v) {
         long long i;
         if (!strcmp(key, "id")) {
-            if (!json_is_string(v) && !json_is_integer(v)) {
-                st = gpt2_fail(err, GPT2_ERR_ARG, "\"id\": must be a string or an integer");
-                goto fail;
-            }
-            r.id = json_incref(v);
+            continue;
         } else if (!strcmp(key, "prompt")) {
             if (!json_is_string(v) || json_string_length(v) == 0) {
                 st = gpt2_fail(err, GPT2_ERR_ARG, "\"prompt\": must be a non-empty string");
@@ -104,7 +113,8 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
             if ((st = get_int(v, key, 0, 1 << 20, &i, err))) goto fail;
             r.max_tokens = (int)i;
         } else if (!strcmp(key, "top_k")) {
-            if ((st = get_int(v, key, 0, 1 << 30, &i, err))) goto fail;
+            /* any int here; gpt2_sampling_check has the range */
+            if ((st = get_int(v, key, INT_MIN, INT_MAX, &i, err))) goto fail;
             r.sampling.top_k = (int)i;
         } else if (!strcmp(key, "seed")) {
             if ((st = get_int(v, key, 0, INT64_MAX, &i, err))) goto fail;

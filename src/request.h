@@ -7,7 +7,7 @@
 #include "gpt2.h"
 #include "sampler.h"
 
-enum { GPT2_MAX_STOPS = 16, GPT2_MAX_STOP_LEN = 256 };
+enum { GPT2_MAX_STOPS = 16, GPT2_MAX_STOP_LEN = 256, GPT2_MAX_TOP_K = 1 << 30 };
 
 typedef struct {
     json_t *id;      /* the request's "id" (string or integer), owned; NULL when absent */
@@ -27,7 +27,8 @@ typedef struct {
 gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_spec *defaults,
                                gpt2_request_spec *out, gpt2_error *err);
 
-/* Checks sampling values (shared with the CLI's options); the message names the field. */
+/* Checks sampling values: the one range check for the JSONL fields and the CLI's options (the
+ * parsers only check syntax and type); the message names the field. */
 gpt2_status gpt2_sampling_check(const gpt2_sampling *s, gpt2_error *err);
 
 /* Adds a stop string (copied); error when there are already GPT2_MAX_STOPS or it is empty or too long. */

@@ -103,10 +103,19 @@ static int argmax(const float *x, int n) {
 
 int gpt2_sample_row(float *logits, int V, const gpt2_sample_req *r, gpt2_sample_scratch *s) {
     const gpt2_sampling *p = r->p;
+    /* A NaN or Inf logit means the forward broke down: no token is a meaningful answer. */
+    for (int i = 0; i < V; i++)
+        if (!isfinite(logits[i])) return GPT2_SAMPLE_NONFINITE;
     apply_penalties(logits, V, r, s->count);
     if (p->temperature <= 0.0f || p->top_k == 1) return argmax(logits, V);
 
-    for (int i = 0; i < V; i++) logits[i] /= p->temperature;
+    /* Subtract the row max before dividing by the temperature: every scaled logit is <= 0 and the
+     * max is exactly 0, so no temperature can overflow it to inf (l / 1e-45 would, and the softmax
+     * would then be NaN); exp(-inf) is 0. For tiny T this tends to greedy (ties split by the draw).
+     * kernels/sample.cu follows the same rule. */
+    float mx = logits[argmax(logits, V)];
+    if (!isfinite(mx)) return GPT2_SAMPLE_NONFINITE; /* a penalty overflowed */
+    for (int i = 0; i < V; i++) logits[i] = (logits[i] - mx) / p->temperature;
 
     /* Candidates in descending order; top-k keeps the first k. */
     int n = V;
@@ -114,11 +123,10 @@ int gpt2_sample_row(float *logits, int V, const gpt2_sample_req *r, gpt2_sample_
     qsort_r(s->idx, (size_t)V, sizeof(int), by_logit_desc, logits);
     if (p->top_k > 0 && p->top_k < n) n = p->top_k;
 
-    /* Softmax over the candidates, in double for the normaliser. */
-    float mx = logits[s->idx[0]];
+    /* Softmax over the candidates (the first is 0, the max), in double for the normaliser. */
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
-        s->prob[i] = expf(logits[s->idx[i]] - mx);
+        s->prob[i] = expf(logits[s->idx[i]]);
         sum += s->prob[i];
     }
     /* top-p: the smallest prefix whose mass reaches top_p (at least one token). */

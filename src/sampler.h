@@ -37,7 +37,12 @@ typedef struct {
 int gpt2_sample_scratch_init(gpt2_sample_scratch *s, int n_vocab); /* 0 ok, -1 out of memory */
 void gpt2_sample_scratch_free(gpt2_sample_scratch *s);
 
-/* Applies penalties and temperature to logits in place (V floats) and returns the chosen token. */
+/* Returned instead of a token when the row holds a NaN or an infinity (a broken forward); the
+ * scheduler reports it as an error of that request. Backends return it from sample() too. */
+enum { GPT2_SAMPLE_NONFINITE = -1 };
+
+/* Applies penalties and temperature to logits in place (V floats) and returns the chosen token, or
+ * GPT2_SAMPLE_NONFINITE. Temperature scaling is (l - max l) / T, finite for every T > 0. */
 int gpt2_sample_row(float *logits, int n_vocab, const gpt2_sample_req *r, gpt2_sample_scratch *s);
 
 /* log_softmax(logits)[token] over n_vocab raw logits, in double with the maximum subtracted. */

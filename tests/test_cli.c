@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "npy.h"
+#include "request.h"
 #include "util.h"
 
 #define TINY FIXTURES "/tiny"
@@ -296,4 +297,187 @@ Test(cli, resume_completes_without_duplicates) {
     }
     json_decref(got);
     json_decref(want);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Option parsing, limits and messages (issue 14)                                                   */
+
+/* The text one greedy JSONL request gives, for comparison with --prompt runs. */
+static char *batch_text(const char *prompt_json, int max_tokens, const char *extra) {
+    char in[128], out[128], args[512], line[512];
+    snprintf(in, sizeof in, "%s/one.jsonl", tmpdir);
+    snprintf(out, sizeof out, "%s/one.out.jsonl", tmpdir);
+    snprintf(line, sizeof line, "{\"id\": 1, \"prompt\": %s, \"max_tokens\": %d, \"temperature\": 0%s}\n", prompt_json,
+             max_tokens, extra);
+    write_file(in, line);
+    snprintf(args, sizeof args, "generate --device cpu --model " TINY " --input %s --output %s", in, out);
+    cr_assert_eq(run_cli(args, NULL), 0);
+    json_t *recs = read_jsonl(out);
+    char *t = strdup(json_string_value(json_object_get(json_array_get(recs, 0), "text")));
+    json_decref(recs);
+    return t;
+}
+
+/* A value that looks like an option is still the value of the option before it: `--prompt -n` is the
+ * prompt "-n" (argv used to be rewritten, turning it into `--prompt --max-tokens`). */
+Test(cli, option_values_are_never_taken_for_options) {
+    char *want = batch_text("\"-n\"", 3, "");
+    char *want_mt = batch_text("\"--max-tokens\"", 3, "");
+    cr_assert_str_neq(want, want_mt, "the test needs prompts that continue differently");
+    const char *forms[] = {"--prompt -n -n 3", "--prompt=-n -n 3", "-n 3 --prompt -n", "--prompt -n --max-tokens 3",
+                           "--prompt -n -n3"};
+    for (size_t i = 0; i < sizeof forms / sizeof *forms; i++) {
+        char args[256], *got;
+        snprintf(args, sizeof args, "generate --device cpu --model " TINY " --temperature 0 %s", forms[i]);
+        cr_assert_eq(run_cli(args, &got), 0, "%s", forms[i]);
+        size_t n = strlen(got);
+        cr_assert(n > 0 && got[n - 1] == '\n');
+        got[n - 1] = '\0';
+        cr_assert_str_eq(got, want, "%s: prompt not taken as \"-n\"", forms[i]);
+        free(got);
+    }
+    /* --stop and --output values that look like options, too */
+    char *out;
+    cr_assert_eq(run_cli("generate --device cpu --model " TINY " --prompt hi -n 2 --stop -n 2>&1", &out), 0, "%s", out);
+    free(out);
+    /* -n without its value, and unknown short options: usage errors naming the option */
+    cr_assert_eq(run_cli("generate --device cpu --model " TINY " --prompt hi -n 2>&1", &out), 2);
+    cr_assert(strstr(out, "'-n' needs a value"), "%s", out);
+    free(out);
+    cr_assert_eq(run_cli("generate --device cpu --model " TINY " --prompt hi -x 2>&1", &out), 2);
+    cr_assert(strstr(out, "unknown option '-x'"), "%s", out);
+    free(out);
+    /* the other short forms the option tables give: -m DIR, -h */
+    cr_assert_eq(run_cli("generate --device cpu -m " TINY " --prompt hi -n 1 >/dev/null", NULL), 0);
+    cr_assert_eq(run_cli("encode -h", &out), 0);
+    cr_assert(strstr(out, "usage: gpt2 encode"), "%s", out);
+    free(out);
+    free(want);
+    free(want_mt);
+}
+
+/* The CLI's sampling options and the JSONL fields go through one check (gpt2_sampling_check): every
+ * value here is accepted by both or refused by both. */
+Test(cli, sampling_limits_are_the_same_for_options_and_jsonl) {
+    static const struct {
+        const char *option, *field, *value;
+    } cases[] = {
+        {"--temperature", "temperature", "-1"},          {"--temperature", "temperature", "0"},
+        {"--temperature", "temperature", "1e-45"},       {"--temperature", "temperature", "1000"},
+        {"--temperature", "temperature", "1000.5"},      {"--temperature", "temperature", "1e39"},
+        {"--top-k", "top_k", "-1"},                      {"--top-k", "top_k", "0"},
+        {"--top-k", "top_k", "1073741824"},              {"--top-k", "top_k", "1073741825"},
+        {"--top-k", "top_k", "2147483647"},              {"--top-p", "top_p", "0"},
+        {"--top-p", "top_p", "1e-10"},                   {"--top-p", "top_p", "1"},
+        {"--top-p", "top_p", "1.0000001"},               {"--top-p", "top_p", "-0.5"},
+        {"--repetition-penalty", "repetition_penalty", "0"},
+        {"--repetition-penalty", "repetition_penalty", "1e-7"},
+        {"--repetition-penalty", "repetition_penalty", "100"},
+        {"--repetition-penalty", "repetition_penalty", "100.5"},
+        {"--frequency-penalty", "frequency_penalty", "-2"}, {"--frequency-penalty", "frequency_penalty", "-2.01"},
+        {"--frequency-penalty", "frequency_penalty", "2"},  {"--frequency-penalty", "frequency_penalty", "3"},
+        {"--presence-penalty", "presence_penalty", "-2"},   {"--presence-penalty", "presence_penalty", "2.5"},
+        {"--presence-penalty", "presence_penalty", "1e7"},
+    };
+    int refused_somewhere = 0, accepted_somewhere = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char line[256];
+        snprintf(line, sizeof line, "{\"prompt\": \"hi\", \"%s\": %s}", cases[i].field, cases[i].value);
+        gpt2_request_spec def = {.max_tokens = 0, .sampling = gpt2_sampling_default()}, spec;
+        gpt2_error err = {0};
+        int json_ok = gpt2_request_parse(line, strlen(line), &def, &spec, &err) == GPT2_OK;
+        gpt2_request_spec_free(&spec);
+        char args[256], *out;
+        snprintf(args, sizeof args, "generate --device cpu --model " TINY " --prompt hi -n 0 %s %s 2>&1",
+                 cases[i].option, cases[i].value);
+        int rc = run_cli(args, &out);
+        cr_assert(rc == 0 || rc == 2, "%s %s: exit %d: %s", cases[i].option, cases[i].value, rc, out);
+        cr_assert_eq(rc == 0, json_ok, "%s %s: the CLI %s it, JSONL %s it (%s / %s)", cases[i].option,
+                     cases[i].value, rc == 0 ? "accepts" : "refuses", json_ok ? "accepts" : "refuses", out,
+                     json_ok ? "" : err.msg);
+        if (rc) cr_assert(strstr(out, cases[i].option) && strstr(out, cases[i].field), "message names neither: %s", out);
+        refused_somewhere += !json_ok;
+        accepted_somewhere += json_ok;
+        free(out);
+    }
+    cr_assert(refused_somewhere > 5 && accepted_somewhere > 5);
+}
+
+/* Tiny temperatures (the scaling used to overflow to inf and pick the lowest-ranked token with
+ * finish "stop") act as greedy: the same tokens and finish reasons as temperature 0. */
+Test(cli, tiny_temperatures_match_greedy_end_to_end) {
+    char in[128], out[128], args[512];
+    snprintf(in, sizeof in, "%s/in.jsonl", tmpdir);
+    snprintf(out, sizeof out, "%s/out.jsonl", tmpdir);
+    const char *prompts[] = {"The quick brown fox", "Once upon a time", "1, 2, 3,"};
+    const char *temps[] = {"0", "1e-45", "1e-38"};
+    FILE *f = fopen(in, "wb");
+    cr_assert(f);
+    for (int p = 0; p < 3; p++)
+        for (int t = 0; t < 3; t++)
+            fprintf(f, "{\"id\": \"%d-%d\", \"prompt\": \"%s\", \"max_tokens\": 12, \"temperature\": %s, \"seed\": %d}\n",
+                    p, t, prompts[p], temps[t], 3 * p + t);
+    cr_assert_eq(fclose(f), 0);
+    snprintf(args, sizeof args, "generate --device cpu --model " TINY " --input %s --output %s", in, out);
+    cr_assert_eq(run_cli(args, NULL), 0);
+    json_t *recs = read_jsonl(out);
+    cr_assert_eq(json_array_size(recs), 9);
+    for (int p = 0; p < 3; p++) {
+        json_t *g = json_array_get(recs, (size_t)(3 * p));
+        cr_assert_eq(json_array_size(json_object_get(g, "tokens")), 12, "greedy run too short");
+        for (int t = 1; t < 3; t++) {
+            json_t *r = json_array_get(recs, (size_t)(3 * p + t));
+            cr_assert(json_equal(json_object_get(r, "tokens"), json_object_get(g, "tokens")),
+                      "prompt %d, temperature %s: tokens differ from greedy: %s vs %s", p, temps[t],
+                      json_dumps(json_object_get(r, "tokens"), 0), json_dumps(json_object_get(g, "tokens"), 0));
+            cr_assert_str_eq(json_string_value(json_object_get(r, "finish_reason")),
+                             json_string_value(json_object_get(g, "finish_reason")));
+        }
+    }
+    json_decref(recs);
+}
+
+Test(cli, model_option_messages_say_what_is_wrong) {
+    char *out, args[512], file[128];
+    cr_assert_eq(run_cli("generate --device cpu --model /nonexistent/model --prompt hi 2>&1", &out), 1);
+    cr_assert(strstr(out, "--model /nonexistent/model: no such directory"), "%s", out);
+    free(out);
+    snprintf(file, sizeof file, "%s/a-file", tmpdir);
+    write_file(file, "not a model\n");
+    snprintf(args, sizeof args, "generate --device cpu --model %s --prompt hi 2>&1", file);
+    cr_assert_eq(run_cli(args, &out), 1);
+    cr_assert(strstr(out, "is a file, not a directory"), "%s", out);
+    free(out);
+    snprintf(args, sizeof args, "encode --model " TINY " --tokenizer %s 2>&1 </dev/null", file);
+    cr_assert_eq(run_cli(args, &out), 1);
+    cr_assert(strstr(out, "--tokenizer") && strstr(out, "is a file, not a directory"), "%s", out);
+    free(out);
+}
+
+/* README promises: unknown fields and a null id are refused (error records), and -n past the context
+ * stops when the context is full, with finish "length". */
+Test(cli, unknown_fields_null_ids_and_n_past_the_context) {
+    char in[128], out[128], args[512], *msg;
+    snprintf(in, sizeof in, "%s/in.jsonl", tmpdir);
+    snprintf(out, sizeof out, "%s/out.jsonl", tmpdir);
+    write_file(in, "{\"id\": \"u\", \"prompt\": \"x\", \"max_token\": 3}\n"
+                   "{\"id\": null, \"prompt\": \"x\"}\n"
+                   "{\"id\": \"long\", \"prompt\": \"Once upon a time\"}\n");
+    snprintf(args, sizeof args,
+             "generate --device cpu --model " TINY " --input %s --output %s -n 1000 --temperature 0 2>&1", in, out);
+    cr_assert_eq(run_cli(args, &msg), 1, "%s", msg);
+    free(msg);
+    json_t *recs = read_jsonl(out);
+    cr_assert_eq(json_array_size(recs), 3);
+    json_t *r0 = json_array_get(recs, 0), *r1 = json_array_get(recs, 1), *r2 = json_array_get(recs, 2);
+    cr_assert(strstr(json_string_value(json_object_get(r0, "error")), "unknown field \"max_token\""));
+    cr_assert_str_eq(json_string_value(json_object_get(r0, "id")), "u");
+    cr_assert(strstr(json_string_value(json_object_get(r1, "error")), "\"id\": must be a string or an integer"));
+    cr_assert(json_is_null(json_object_get(r1, "id")));
+    cr_assert_eq(json_integer_value(json_object_get(r1, "line")), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(r2, "finish_reason")), "length");
+    cr_assert_eq(json_integer_value(json_object_get(r2, "prompt_tokens")) +
+                     (json_int_t)json_array_size(json_object_get(r2, "tokens")),
+                 64, "-n 1000 must fill the context of 64");
+    json_decref(recs);
 }

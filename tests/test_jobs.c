@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "loader_util.h"
 
 #define MODEL FIXTURES "/tiny"
 #define N_REQ 40
@@ -611,5 +613,341 @@ Test(jobs, write_failure_is_reported) {
     cr_assert(hit, "no write error naming the file: %s", err);
     cr_assert(!strstr(hit + sizeof msg - 1, "write failed"), "the write error was reported more than once: %s", err);
     free(err);
+    workdir_remove(&w);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Hostile use (issue 14)                                                                           */
+
+/* Runs the CLI with the base arguments plus `extra` (NULL-terminated); returns its exit status. */
+static int run_with(const workdir *w, const char *output, const char *const *extra) {
+    args a;
+    args_init(&a, w, output);
+    for (size_t i = 0; extra && extra[i]; i++) args_add(&a, extra[i]);
+    return run(&a, w);
+}
+
+/* The output records each carry their request's fingerprint "fp"; --resume refuses an output whose
+ * record for an id was made from another request (another seed here, or another model), naming the
+ * line, and changes nothing. A reordered but equal request line still matches. */
+Test(jobs, resume_refuses_records_of_another_request_or_model) {
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w);
+    json_t *ref = reference_run(&w);
+    size_t i;
+    json_t *r;
+    json_array_foreach(ref, i, r) {
+        const char *fp = json_string_value(json_object_get(r, "fp"));
+        cr_assert(fp && strlen(fp) == 16, "record %zu has no 16-digit \"fp\": %s", i, json_dumps(r, 0));
+    }
+    /* The first 6 records done; the input's 4th line (id r03) now asks for another seed. */
+    size_t n;
+    char *s = slurp(w.ref, &n);
+    char *p = s;
+    for (int k = 0; k < 6; k++) p = strchr(p, '\n') + 1;
+    spit(w.out, s, (size_t)(p - s));
+    char *in = slurp(w.in, &n);
+    char *seed = strstr(in, "\"seed\": 1051"); /* 1000 + 17 * 3 */
+    cr_assert(seed);
+    memcpy(seed, "\"seed\": 1052", 12);
+    spit(w.in, in, n);
+    size_t n0;
+    char *before = slurp(w.out, &n0);
+    const char *resume[] = {"--resume", NULL};
+    int rc = run_with(&w, w.out, resume);
+    char *err = slurp(w.err, NULL);
+    cr_assert_eq(rc, 2, "exit %d for a changed request: %s", rc, err);
+    cr_assert(strstr(err, "line 4") && strstr(err, "\"r03\"") && strstr(err, "refusing"), "message: %s", err);
+    free(err);
+    size_t n1;
+    char *after = slurp(w.out, &n1);
+    cr_assert(n0 == n1 && !memcmp(before, after, n0), "the refused resume changed the output");
+    free(after);
+
+    /* The original request again, with its fields in another order and other spacing: same fingerprint. */
+    memcpy(seed, "\"seed\": 1051", 12);
+    char *line4 = in;
+    for (int k = 0; k < 3; k++) line4 = strchr(line4, '\n') + 1;
+    char *end4 = strchr(line4, '\n');
+    json_t *req = json_loadb(line4, (size_t)(end4 - line4), 0, NULL);
+    cr_assert(req);
+    json_t *rev = json_object();
+    const char *keys[] = {"temperature", "top_p", "top_k", "repetition_penalty", "seed", "max_tokens", "prompt", "id"};
+    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++)
+        if (json_object_get(req, keys[k])) json_object_set(rev, keys[k], json_object_get(req, keys[k]));
+    char *revs = json_dumps(rev, JSON_INDENT(0));
+    for (char *c = revs; *c; c++)
+        if (*c == '\n') *c = ' ';
+    FILE *f = fopen(w.in, "wb");
+    cr_assert(f);
+    fwrite(in, 1, (size_t)(line4 - in), f);
+    fprintf(f, "%s", revs);
+    fwrite(end4, 1, n - (size_t)(end4 - in), f);
+    fclose(f);
+    free(revs);
+    json_decref(rev);
+    json_decref(req);
+    resume_and_check(&w, ref, "reordered fields + --resume");
+
+    /* Another model (same tokenizer, bf16 weights): every record is refused. */
+    spit(w.out, s, (size_t)(p - s));
+    args a;
+    args_init(&a, &w, w.out);
+    a.v[3] = FIXTURES "/tiny-bf16";
+    args_add(&a, "--resume");
+    rc = run(&a, &w);
+    err = slurp(w.err, NULL);
+    cr_assert_eq(rc, 2, "exit %d for another model: %s", rc, err);
+    cr_assert(strstr(err, "line 1") && strstr(err, "another request or model"), "message: %s", err);
+    free(err);
+    /* Another --temperature default for lines without one would change nothing here (all set it),
+     * but another -n does: lines take it as their max_tokens. */
+    spit(w.out, s, (size_t)(p - s));
+    const char *resume_stop[] = {"--resume", "--stop", "zzz", NULL};
+    rc = run_with(&w, w.out, resume_stop);
+    err = slurp(w.err, NULL);
+    cr_assert_eq(rc, 2, "exit %d for another default stop string: %s", rc, err);
+    free(err);
+    free(before);
+    free(in);
+    free(s);
+    json_decref(ref);
+    workdir_remove(&w);
+}
+
+/* Error records are not results: --resume drops them from the output and runs their requests again;
+ * lines that are not this job's records are reported with their line numbers and left alone. */
+Test(jobs, resume_retries_error_records_and_reports_foreign_lines) {
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w);
+    json_t *ref = reference_run(&w);
+    size_t n;
+    char *s = slurp(w.ref, &n);
+    /* records 1-3, an error record for r03 (as a failed run leaves it), garbage, a record of an id this
+     * input does not have, an error record for the id-less line 10, then record 5 */
+    char *p = s;
+    for (int k = 0; k < 3; k++) p = strchr(p, '\n') + 1;
+    char *r5 = p;
+    r5 = strchr(r5, '\n') + 1; /* skip r03 */
+    char *r5_end = strchr(r5, '\n') + 1;
+    FILE *f = fopen(w.out, "wb");
+    cr_assert(f);
+    fwrite(s, 1, (size_t)(p - s), f);
+    fprintf(f, "{\"id\":\"r03\",\"line\":4,\"error\":\"the logits for generated token 2 are not finite\"}\n");
+    fprintf(f, "this is not JSON\n");
+    fprintf(f, "{\"id\":\"zz\",\"prompt_tokens\":1,\"tokens\":[1],\"text\":\"\\\"\",\"finish_reason\":\"length\"}\n");
+    fprintf(f, "{\"id\":null,\"line\":10,\"error\":\"out of memory\"}\n");
+    fwrite(r5, 1, (size_t)(r5_end - r5), f);
+    fclose(f);
+    args a;
+    args_init(&a, &w, w.out);
+    args_add(&a, "--resume");
+    int rc = run(&a, &w);
+    char *err = slurp(w.err, NULL);
+    cr_assert_eq(rc, 0, "--resume failed (%d): %s", rc, err);
+    cr_assert(strstr(err, "line 5: not a record"), "garbage line not reported: %s", err);
+    cr_assert(strstr(err, "line 6: its id is not in the input"), "foreign id not reported: %s", err);
+    cr_assert(strstr(err, "2 error records dropped"), "error records not retried: %s", err);
+    cr_assert(strstr(err, "4 of 40"), "expected 4 requests kept: %s", err);
+    free(err);
+    /* Every id once, equal to the reference, plus the two foreign lines kept as they were. */
+    char *got = slurp(w.out, &n);
+    cr_assert(strstr(got, "this is not JSON\n") && strstr(got, "{\"id\":\"zz\""), "foreign lines were lost");
+    cr_assert(!strstr(got, "\"error\""), "an error record survived the resume");
+    FILE *g = fopen(w.out, "wb");
+    cr_assert(g);
+    for (char *line = got; *line;) {
+        char *nl = strchr(line, '\n');
+        if (strncmp(line, "this is not JSON", 16) && strncmp(line, "{\"id\":\"zz\"", 10))
+            fwrite(line, 1, (size_t)(nl - line) + 1, g);
+        line = nl + 1;
+    }
+    fclose(g);
+    json_t *recs = load_records(w.out);
+    check_complete(recs, ref, "resume after error records");
+    json_decref(recs);
+    free(got);
+    free(s);
+    json_decref(ref);
+    workdir_remove(&w);
+}
+
+/* --output naming the input (the same path, another spelling, a symbolic link, a hard link) is
+ * refused with status 2 before any work, and the input is untouched. */
+Test(jobs, output_equal_to_input_is_refused) {
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w);
+    size_t n0;
+    char *in0 = slurp(w.in, &n0);
+    char dotted[192], sym[192], hard[192];
+    snprintf(dotted, sizeof dotted, "%s/./in.jsonl", w.dir);
+    snprintf(sym, sizeof sym, "%s/sym.jsonl", w.dir);
+    snprintf(hard, sizeof hard, "%s/hard.jsonl", w.dir);
+    cr_assert_eq(symlink("in.jsonl", sym), 0);
+    cr_assert_eq(link(w.in, hard), 0);
+    const char *outs[] = {w.in, dotted, sym, hard};
+    const char *resume[] = {"--resume", NULL};
+    for (size_t i = 0; i < 4; i++)
+        for (int r = 0; r < 2; r++) {
+            int rc = run_with(&w, outs[i], r ? resume : NULL);
+            char *err = slurp(w.err, NULL);
+            cr_assert_eq(rc, 2, "--output %s%s: exit %d: %s", outs[i], r ? " --resume" : "", rc, err);
+            cr_assert(strstr(err, "is the same file as --input"), "%s", err);
+            free(err);
+            size_t n;
+            char *now_in = slurp(w.in, &n);
+            cr_assert(n == n0 && !memcmp(now_in, in0, n), "--output %s damaged the input", outs[i]);
+            free(now_in);
+        }
+    unlink(sym);
+    unlink(hard);
+    free(in0);
+    workdir_remove(&w);
+}
+
+/* Two jobs writing one output file: the second is refused while the first holds the lock (never
+ * interleaved), the first completes exactly as an uninterrupted run, and a lock does not outlive the
+ * process that held it (SIGKILL), so --resume works after a crash. */
+Test(jobs, second_writer_is_refused) {
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w);
+    json_t *ref = reference_run(&w);
+    args a;
+    args_init(&a, &w, w.out);
+    pid_t first = spawn(&a, &w);
+    wait_for_lines(first, w.out, 2, &w);
+    workdir w2 = w; /* the second process's stderr to its own file */
+    snprintf(w2.err, sizeof w2.err, "%s/stderr2.txt", w.dir);
+    const char *resume[] = {"--resume", NULL};
+    for (int r = 0; r < 2; r++) {
+        int rc = run_with(&w2, w.out, r ? resume : NULL);
+        char *err = slurp(w2.err, NULL);
+        cr_assert_eq(rc, 1, "second writer%s: exit %d: %s", r ? " (--resume)" : "", rc, err);
+        cr_assert(strstr(err, "another process is writing this file"), "%s", err);
+        free(err);
+    }
+    int st;
+    cr_assert_eq(waitpid(first, &st, 0), first);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the first job failed: %d", st);
+    json_t *got = load_records(w.out);
+    check_complete(got, ref, "first writer");
+    json_decref(got);
+
+    /* killed with the lock held: the next run gets it */
+    unlink(w.out);
+    pid_t victim = spawn(&a, &w);
+    wait_for_lines(victim, w.out, 2, &w);
+    cr_assert_eq(kill(victim, SIGKILL), 0);
+    cr_assert_eq(waitpid(victim, &st, 0), victim);
+    resume_and_check(&w, ref, "resume after SIGKILL with the lock held");
+    unlink(w2.err);
+    json_decref(ref);
+    workdir_remove(&w);
+}
+
+/* A field that fails before "id" in the line: the error record still carries the id. A UTF-8
+ * byte-order mark at the start of the input is skipped, not taken for part of the first line. */
+Test(jobs, id_read_first_and_byte_order_mark_skipped) {
+    workdir w;
+    workdir_make(&w);
+    const char text[] = "\xEF\xBB\xBF{\"id\": \"bom\", \"prompt\": \"Hello\", \"max_tokens\": 2}\n"
+                        "{\"temperature\": -1, \"id\": \"late\", \"prompt\": \"x\"}\n"
+                        "{\"top_p\": \"high\", \"prompt\": \"x\", \"id\": 17}\n";
+    spit(w.in, text, sizeof text - 1);
+    int rc = run_with(&w, w.out, NULL);
+    char *err = slurp(w.err, NULL);
+    cr_assert_eq(rc, 1, "exit %d: %s", rc, err);
+    free(err);
+    json_t *recs = load_records(w.out);
+    cr_assert_eq(json_array_size(recs), 3);
+    json_t *r0 = json_array_get(recs, 0), *r1 = json_array_get(recs, 1), *r2 = json_array_get(recs, 2);
+    cr_assert_str_eq(json_string_value(json_object_get(r0, "id")), "bom", "%s", json_dumps(r0, 0));
+    cr_assert(json_object_get(r0, "tokens"), "the line after the BOM did not run: %s", json_dumps(r0, 0));
+    cr_assert_str_eq(json_string_value(json_object_get(r1, "id")), "late", "%s", json_dumps(r1, 0));
+    cr_assert(strstr(json_string_value(json_object_get(r1, "error")), "temperature"));
+    cr_assert_eq(json_integer_value(json_object_get(r2, "id")), 17, "%s", json_dumps(r2, 0));
+    cr_assert(strstr(json_string_value(json_object_get(r2, "error")), "top_p"));
+    json_decref(recs);
+    unlink(w.out);
+    workdir_remove(&w);
+}
+
+/* A model whose weights are finite but whose forward overflows on one token: every position embedding
+ * and the token embedding of " fox" are 3e38 in every channel. Other tokens give 3e38 + small = 3e38
+ * in all channels, which the layer norms turn into their bias (finite); " fox" gives 3e38 + 3e38 = inf,
+ * and its layer norm inf - inf = NaN, which its keys and values carry to the rest of that sequence.
+ * Untied head, so only sequences holding " fox" are hit. */
+static void write_overflowing_model(const char *dir) {
+    tl_spec sp = {.n_layer = 1, .n_head = 2, .n_embd = 8, .n_positions = 32, .vocab_size = 50257, .dtype = "F32",
+                  .lm_head = 1, .seed = 77};
+    tl_model m;
+    cr_assert_eq(tl_model_make(&sp, &m), 0);
+    tl_tensor *wte = tl_model_find(&m, "wte.weight");
+    cr_assert(wte);
+    const float big = 3e38f;
+    for (int c = 0; c < 8; c++) memcpy(wte->data + 4 * ((size_t)21831 * 8 + (size_t)c), &big, 4); /* " fox" */
+    tl_tensor *wpe = tl_model_find(&m, "wpe.weight");
+    cr_assert(wpe);
+    for (size_t k = 0; k + 4 <= wpe->nbytes; k += 4) memcpy(wpe->data + k, &big, 4);
+    cr_assert_eq(tl_write_model_dir(dir, &sp, &m), 0);
+    tl_model_free(&m);
+    char tokdir[PATH_MAX], src[PATH_MAX + 32], dst[256];
+    cr_assert(realpath("tests/data/gpt2-tokenizer", tokdir));
+    const char *files[] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(src, sizeof src, "%s/%s", tokdir, files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
+        cr_assert_eq(symlink(src, dst), 0, "%s: %s", dst, strerror(errno));
+    }
+}
+
+/* Non-finite logits are an error of that request (an error record, exit status 1), never a token 0
+ * or an empty "stop"; the other requests run as usual. */
+Test(jobs, non_finite_logits_give_an_error_record) {
+    workdir w;
+    workdir_make(&w);
+    char model[128];
+    snprintf(model, sizeof model, "%s/model", w.dir);
+    cr_assert_eq(mkdir(model, 0755), 0);
+    write_overflowing_model(model);
+    const char text[] = "{\"id\": \"fox\", \"prompt\": \"The quick brown fox\", \"max_tokens\": 3, \"temperature\": 0}\n"
+                        "{\"id\": \"hello\", \"prompt\": \"Hello\", \"max_tokens\": 3, \"temperature\": 0.7}\n"
+                        "{\"id\": \"fox2\", \"prompt\": \"a fox\", \"max_tokens\": 3, \"temperature\": 0.7}\n";
+    spit(w.in, text, sizeof text - 1);
+    args a;
+    args_init(&a, &w, w.out);
+    a.v[3] = model;
+    int rc = run(&a, &w);
+    char *err = slurp(w.err, NULL);
+    cr_assert_eq(rc, 1, "exit %d: %s", rc, err);
+    free(err);
+    json_t *recs = load_records(w.out);
+    cr_assert_eq(json_array_size(recs), 3);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *r = json_array_get(recs, i);
+        const char *e = json_string_value(json_object_get(r, "error"));
+        if (i == 1) {
+            cr_assert(!e, "the good request failed: %s", e);
+            cr_assert_eq(json_array_size(json_object_get(r, "tokens")), 3, "%s", json_dumps(r, 0));
+            cr_assert_str_eq(json_string_value(json_object_get(r, "finish_reason")), "length");
+            continue;
+        }
+        cr_assert(e && strstr(e, "not finite"), "record %zu: %s", i, json_dumps(r, 0));
+        cr_assert(!json_object_get(r, "tokens") && !json_object_get(r, "finish_reason"), "%s", json_dumps(r, 0));
+        cr_assert_eq(json_integer_value(json_object_get(r, "line")), (json_int_t)i + 1);
+    }
+    json_decref(recs);
+    /* the same through --prompt: a message and status 1, no text */
+    char cmd[512], *out;
+    snprintf(cmd, sizeof cmd, "%s generate --device cpu --threads 1 --model %s --prompt 'The quick brown fox' -n 3 2>&1",
+             cli_bin(), model);
+    cr_assert_eq(run_capture(cmd, &out), 1, "%s", out);
+    cr_assert(strstr(out, "not finite"), "%s", out);
+    free(out);
+    tl_rmtree(model);
     workdir_remove(&w);
 }

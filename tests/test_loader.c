@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -182,10 +183,30 @@ static void check_model(const gpt2_model *m, const tl_spec *sp, const tl_model *
     }
 }
 
+/* Turns every NaN or Inf bit pattern of the model into a finite one (one exponent bit cleared), so
+ * that the every-bit-pattern fixtures exercise the conversion of all finite values, subnormals
+ * included; non-finite weights are refused at load (see loader_nonfinite below). */
+static void make_finite(tl_model *m) {
+    for (size_t i = 0; i < m->n; i++) {
+        tl_tensor *t = &m->t[i];
+        if (!strcmp(t->dtype, "F32")) {
+            for (size_t k = 0; k + 4 <= t->nbytes; k += 4)
+                if ((t->data[k + 3] & 0x7f) == 0x7f && (t->data[k + 2] & 0x80)) t->data[k + 3] &= 0xbf;
+        } else {
+            uint16_t e = !strcmp(t->dtype, "BF16") ? 0x7f80 : 0x7c00;
+            for (size_t k = 0; k + 2 <= t->nbytes; k += 2) {
+                uint16_t h = (uint16_t)(t->data[k] | t->data[k + 1] << 8);
+                if ((h & e) == e) t->data[k + 1] &= 0xbf; /* clears bit 14, the top exponent bit */
+            }
+        }
+    }
+}
+
 /* Loads a fixture of spec sp written as one file and checks it. */
 static void roundtrip(tl_spec sp) {
     fixture f;
     fx_make(&f, sp);
+    if (sp.any_bits) make_finite(&f.m);
     fx_write(&f);
     gpt2_model *m = load_ok(f.dir);
     check_model(m, &sp, &f.m, sp.lm_head == 1);
@@ -228,26 +249,43 @@ Test(loader, bf16_save_pretrained_names) {
     roundtrip(sp);
 }
 
-/* Special values against constants written out by hand, not against a decoder. */
+/* Special values against constants written out by hand, not against a decoder. Finite ones must load
+ * exactly; a NaN or an infinity must be refused, the message naming the tensor, the element and the
+ * value the pattern decodes to (so the decoding of the specials is checked too). */
 static void special_values(const char *dtype, const uint16_t *bits, const float *want, size_t n) {
     fixture f;
     fx_make(&f, tiny_spec(dtype, 7));
     tl_tensor *wte = tl_model_find(&f.m, "wte.weight");
     cr_assert(wte && wte->nbytes >= 2 * n);
+    uint8_t *orig = malloc(wte->nbytes);
+    cr_assert(orig);
+    memcpy(orig, wte->data, wte->nbytes);
     for (size_t i = 0; i < n; i++) {
-        wte->data[2 * i] = (uint8_t)bits[i];
-        wte->data[2 * i + 1] = (uint8_t)(bits[i] >> 8);
+        if (isfinite(want[i])) {
+            wte->data[2 * i] = (uint8_t)bits[i];
+            wte->data[2 * i + 1] = (uint8_t)(bits[i] >> 8);
+        }
     }
     fx_write(&f);
     gpt2_model *m = load_ok(f.dir);
     for (size_t i = 0; i < n; i++) {
+        if (!isfinite(want[i])) continue;
         float g = m->w.wte[i];
-        if (isnan(want[i])) cr_assert(isnan(g), "%s 0x%04x: got %a, want NaN", dtype, bits[i], (double)g);
-        else
-            cr_assert(g == want[i] && !signbit(g) == !signbit(want[i]), "%s 0x%04x: got %a, want %a", dtype, bits[i],
-                      (double)g, (double)want[i]);
+        cr_assert(g == want[i] && !signbit(g) == !signbit(want[i]), "%s 0x%04x: got %a, want %a", dtype, bits[i],
+                  (double)g, (double)want[i]);
     }
     gpt2_model_free(m);
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(want[i])) continue;
+        memcpy(wte->data, orig, wte->nbytes);
+        wte->data[2 * i] = (uint8_t)bits[i];
+        wte->data[2 * i + 1] = (uint8_t)(bits[i] >> 8);
+        fx_write(&f);
+        char at[64];
+        snprintf(at, sizeof at, "(%s) at element %zu", isnan(want[i]) ? "NaN" : want[i] > 0 ? "+Inf" : "-Inf", i);
+        expect_fail(f.dir, GPT2_ERR_FORMAT, "tensor 'wte.weight' holds a non-finite value", at, NULL);
+    }
+    free(orig);
     fx_free(&f);
 }
 
@@ -308,7 +346,8 @@ Test(loader, mixed_dtypes_and_attention_buffers) {
     for (size_t i = 0; i < t->nbytes / 4; i++) t->data[2 * i] = (uint8_t)(i * 37), t->data[2 * i + 1] = (uint8_t)(i * 11);
     t->nbytes /= 2;
     strcpy(t->dtype, "F16");
-    /* The causal-mask buffers of old checkpoints, any shape and dtype, are skipped. */
+    make_finite(&f.m); /* the wpe patterns above include NaN and Inf */
+    /* The causal-mask buffers of old checkpoints, any shape, dtype and values (NaN too), are skipped. */
     uint64_t rng = 12;
     cr_assert_eq(tl_model_add(&f.m, "h.0.attn.bias", "F16", 2, 16, 16, 1, &rng), 0);
     cr_assert_eq(tl_model_add(&f.m, "h.1.attn.masked_bias", "F32", 1, 1, 0, 1, &rng), 0);
@@ -778,6 +817,75 @@ Test(loader_bad_model, no_weights_file) {
     free(dir);
 }
 
+/* NaN or Inf in any tensor, whatever its dtype, is refused at load with the tensor's name: one such
+ * weight turns every logit it reaches into NaN. Each case puts one bad value in a different tensor. */
+Test(loader_bad_model, non_finite_weights) {
+    static const struct {
+        const char *dtype, *tensor;
+        uint32_t bits; /* F32 pattern, or the low 16 bits for F16/BF16 */
+        size_t at;
+        const char *what;
+    } cases[] = {
+        {"F32", "h.1.mlp.c_fc.weight", 0x7fc00000u, 17, "NaN"},  {"F32", "ln_f.bias", 0x7f800000u, 3, "+Inf"},
+        {"F32", "wte.weight", 0xff800000u, 0, "-Inf"},           {"F32", "wpe.weight", 0x7f800001u, 5, "NaN"},
+        {"F16", "h.0.attn.c_attn.bias", 0x7c00u, 2, "+Inf"},     {"F16", "h.0.ln_1.weight", 0xfe00u, 7, "NaN"},
+        {"BF16", "h.1.attn.c_proj.weight", 0xff80u, 9, "-Inf"},  {"BF16", "lm_head.weight", 0x7fc1u, 1, "NaN"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        tl_spec sp = tiny_spec(cases[c].dtype, 40 + c);
+        sp.lm_head = 1; /* an untied head, so that lm_head.weight is loaded and checked too */
+        fixture f;
+        fx_make(&f, sp);
+        tl_tensor *t = tl_model_find(&f.m, cases[c].tensor);
+        cr_assert(t, "%s", cases[c].tensor);
+        size_t w = strcmp(cases[c].dtype, "F32") ? 2 : 4;
+        for (size_t k = 0; k < w; k++) t->data[w * cases[c].at + k] = (uint8_t)(cases[c].bits >> (8 * k));
+        fx_write(&f);
+        char name[128], at[64];
+        snprintf(name, sizeof name, "tensor '%s' holds a non-finite value", cases[c].tensor);
+        snprintf(at, sizeof at, "(%s) at element %zu", cases[c].what, cases[c].at);
+        expect_fail(f.dir, GPT2_ERR_FORMAT, "model.safetensors", name, at);
+        fx_free(&f);
+    }
+}
+
+/* Saying what is wrong with the path, not that a file is missing. */
+Test(loader_bad_model, model_path_kinds) {
+    char *dir = make_tmp();
+    char *missing = tl_join(dir, "nope"), *file = tl_join(dir, "config.json");
+    tl_spec sp = tiny_spec("F32", 50);
+    cr_assert_eq(tl_write_config(dir, &sp, ""), 0);
+    expect_fail(missing, GPT2_ERR_IO, missing, "model directory does not exist", NULL);
+    expect_fail(file, GPT2_ERR_IO, file, "is a file, not a model directory", NULL);
+    char *st = tl_join(dir, "model.safetensors");
+    cr_assert_eq(mkdir(st, 0755), 0);
+    expect_fail(dir, GPT2_ERR_IO, st, "is a directory, not a regular file", NULL);
+    cr_assert_eq(rmdir(st), 0);
+    cr_assert_eq(symlink("model.safetensors", st), 0); /* points at itself */
+    expect_fail(dir, GPT2_ERR_IO, st, "symbolic link loop", NULL);
+    cr_assert_eq(unlink(st), 0);
+    cr_assert_eq(symlink("/dev/null", st), 0);
+    expect_fail(dir, GPT2_ERR_IO, st, "is a character device, not a regular file", NULL);
+    cr_assert_eq(unlink(st), 0);
+    cr_assert_eq(symlink("gone.safetensors", st), 0);
+    expect_fail(dir, GPT2_ERR_IO, st, "dangling symbolic link", NULL);
+    cr_assert_eq(unlink(st), 0);
+    cr_assert_eq(mkfifo(st, 0644), 0); /* must not block waiting for a writer */
+    expect_fail(dir, GPT2_ERR_IO, st, "is a named pipe", NULL);
+    cr_assert_eq(unlink(st), 0);
+    /* the same for the index of a sharded checkpoint */
+    char *idx = tl_join(dir, "model.safetensors.index.json");
+    cr_assert_eq(mkdir(idx, 0755), 0);
+    expect_fail(dir, GPT2_ERR_IO, idx, "is a directory", NULL);
+    cr_assert_eq(rmdir(idx), 0);
+    free(idx);
+    free(st);
+    free(missing);
+    free(file);
+    tl_rmtree(dir);
+    free(dir);
+}
+
 Test(loader_bad_model, missing_config) {
     fixture f;
     fx_make(&f, tiny_spec("F32", 30));
@@ -1103,8 +1211,8 @@ Test(loader_reference, transformers_save_pretrained) {
             "    m = GPT2LMHeadModel(cfg).eval()\n"
             "    with torch.no_grad():\n"
             "        for p in m.parameters(): p.normal_(0, 0.5)\n"
-            "        m.transformer.wte.weight[0, :5] = torch.tensor([float('inf'), -float('inf'), float('nan'),\n"
-            "                                                        3e-7, -2e-6])\n"
+            "        m.transformer.wte.weight[0, :5] = torch.tensor([65504.0, -65504.0, -0.0, 3e-7, -2e-6])\n"
+            "        if name == 'nan': m.transformer.h[1].mlp.c_proj.bias[3] = float('nan')\n"
             "    m = m.to(dtype)\n"
             "    d = os.path.join(root, name)\n"
             "    m.save_pretrained(d, safe_serialization=True, **({'max_shard_size': '1KB'} if shard else {}))\n"
@@ -1117,7 +1225,8 @@ Test(loader_reference, transformers_save_pretrained) {
             "    np.concatenate([p.numpy().ravel() for p in parts]).astype('<f4').tofile(os.path.join(d, 'expected.f32'))\n"
             "make('f32', torch.float32, True, False)\n"
             "make('f16', torch.float16, False, True)\n"
-            "make('bf16', torch.bfloat16, True, False)\n"),
+            "make('bf16', torch.bfloat16, True, False)\n"
+            "make('nan', torch.float16, True, False)\n"),
         0);
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "python3 %s %s", script, dir);
@@ -1153,6 +1262,11 @@ Test(loader_reference, transformers_save_pretrained) {
         free(exp);
         free(sub);
     }
+    /* A checkpoint transformers saved with a NaN in it: refused, naming the tensor. */
+    char *nan_dir = tl_join(dir, "nan");
+    expect_fail(nan_dir, GPT2_ERR_FORMAT, "tensor 'transformer.h.1.mlp.c_proj.bias' holds a non-finite value",
+                "(NaN) at element 3", NULL);
+    free(nan_dir);
     free(script);
     tl_rmtree(dir);
     free(dir);

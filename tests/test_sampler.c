@@ -185,3 +185,88 @@ Test(sampler, frequency_and_presence_penalties_count_generated_tokens_only) {
     cr_assert_float_eq(w[1], 1.0f - 0.5f - 0.25f, 1e-6);
     cr_assert_float_eq(w[3], 1.0f, 1e-6);
 }
+
+/* Samples one row of any width (the helper above is for rows of at most V). */
+static int sample_wide(const float *logits, int n, const gpt2_sampling *p, uint64_t step) {
+    float *work = malloc(sizeof(float) * (size_t)n);
+    cr_assert(work);
+    gpt2_sample_scratch s;
+    cr_assert_eq(gpt2_sample_scratch_init(&s, n), 0);
+    memcpy(work, logits, sizeof(float) * (size_t)n);
+    gpt2_sample_req r = {.p = p, .step = step};
+    int t = gpt2_sample_row(work, n, &r, &s);
+    gpt2_sample_scratch_free(&s);
+    free(work);
+    return t;
+}
+
+/* Tiny positive temperatures: l / T overflows to +-inf for T = 1e-45 or 1e-38, and a softmax of infs
+ * is NaN (which picked the lowest-ranked token). Scaled as (l - max) / T they tend to greedy: on a real
+ * row of the tiny model (50257 logits) every draw, with every filter, is the argmax. */
+Test(sampler, tiny_temperatures_give_the_argmax_on_a_real_row) {
+    gpt2_model *m = load_fixture("tiny");
+    const int ids[] = {464, 2068, 7586, 21831}; /* "The quick brown fox" */
+    const int T = 4, NV = m->cfg.vocab_size;
+    float *all = full_logits(m, ids, T);
+    for (int row = 0; row < T; row++) {
+        const float *l = all + (size_t)row * (size_t)NV;
+        int best = argmax_row(l, NV), worst = 0;
+        for (int i = 1; i < NV; i++)
+            if (l[i] < l[worst]) worst = i;
+        const float temps[] = {1e-45f, 1e-44f, 1e-38f, 1e-30f, 1e-20f};
+        for (size_t k = 0; k < sizeof temps / sizeof *temps; k++) {
+            gpt2_sampling p = gpt2_sampling_default();
+            p.temperature = temps[k];
+            cr_assert_gt(p.temperature, 0.0f);
+            for (int step = 0; step < 20; step++) {
+                p.seed = (uint64_t)(7 * step + row);
+                p.top_k = step % 3 == 1 ? 40 : 0;
+                p.top_p = step % 3 == 2 ? 0.9f : 1.0f;
+                int t = sample_wide(l, NV, &p, (uint64_t)step);
+                cr_assert_eq(t, best, "row %d, T=%g, step %d: token %d (argmax %d, lowest-ranked %d)", row,
+                             (double)temps[k], step, t, best, worst);
+            }
+        }
+    }
+    free(all);
+    gpt2_model_free(m);
+}
+
+/* With a tie at the top, a tiny temperature draws among the tied tokens only, each about half the time. */
+Test(sampler, tiny_temperature_splits_ties_by_the_draw) {
+    float l[V];
+    random_logits(l, V, 11);
+    int a = 123, b = 777;
+    l[a] = l[b] = 10.0f; /* above every other (random ones are in [-4, 4)) */
+    gpt2_sampling p = gpt2_sampling_default();
+    p.temperature = 1e-45f;
+    p.seed = 5;
+    int na = 0, nb = 0;
+    for (int step = 0; step < 400; step++) {
+        int t = sample(l, V, &p, (uint64_t)step, NULL, 0, 0);
+        cr_assert(t == a || t == b, "step %d: token %d is not one of the tied maxima", step, t);
+        na += t == a;
+        nb += t == b;
+    }
+    cr_assert(na > 140 && nb > 140, "ties split %d / %d", na, nb);
+}
+
+/* A NaN or an infinity anywhere in the row (a broken forward) gives GPT2_SAMPLE_NONFINITE, greedy or
+ * not, never a token. */
+Test(sampler, non_finite_logits_are_reported_not_sampled) {
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    const int where[] = {0, 1, 500, V - 1};
+    for (size_t b = 0; b < 3; b++)
+        for (size_t w = 0; w < 4; w++)
+            for (int mode = 0; mode < 3; mode++) {
+                float l[V];
+                random_logits(l, V, 21 + b);
+                l[where[w]] = bad[b];
+                gpt2_sampling p = gpt2_sampling_default();
+                if (mode >= 1) p.temperature = 0.8f, p.seed = 9;
+                if (mode == 2) p.top_k = 50, p.top_p = 0.9f;
+                int t = sample(l, V, &p, 0, NULL, 0, 0);
+                cr_assert_eq(t, GPT2_SAMPLE_NONFINITE, "%g at %d, mode %d: got token %d", (double)bad[b], where[w],
+                             mode, t);
+            }
+}

@@ -5,7 +5,8 @@
  * and carry a message. The CLI embeds that message in a JSON error record: messages of our own
  * (GPT2_ERR_ARG: a field out of range, an unknown field) must be valid UTF-8 even when they quote the
  * input; jansson's messages for malformed JSON quote raw input bytes, cut anywhere, so for those
- * (GPT2_ERR_FORMAT) the CLI sanitizes and only the record is checked here (tests/test_jobs.c). */
+ * (GPT2_ERR_FORMAT) the CLI sanitizes and only the record is checked here (tests/test_jobs.c). A
+ * refused object with a valid "id" keeps it (the id is read before the other fields). */
 #include <jansson.h>
 #include <math.h>
 #include <stdint.h>
@@ -71,6 +72,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         else FUZZ_CHECK(s == first, "verdict depends on the default stops: %d vs %d", (int)first, (int)s);
         if (s == GPT2_OK) check_accepted(&r, defaults[k]);
         else check_refused(s, &err, &r);
+        if (s == GPT2_ERR_ARG) { /* the id is read first: a valid one survives any bad field */
+            json_t *root = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
+            json_t *id = json_is_object(root) ? json_object_get(root, "id") : NULL;
+            if (id && (json_is_string(id) || json_is_integer(id)))
+                FUZZ_CHECK(r.id && json_equal(r.id, id), "a valid id was lost from the error record: %s", err.msg);
+            json_decref(root);
+        }
         gpt2_request_spec_free(&r);
     }
     return 0;
