@@ -8,7 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "common.h"
+#include "loader_util.h"
 
 #define SMALL FIXTURES "/small"
 #define TINY FIXTURES "/tiny"
@@ -32,6 +38,7 @@ typedef struct {
     size_t n_fin_text;
     int prompt_tokens;
     int stop_after_tokens; /* > 0: return nonzero at that TOKEN event */
+    char error[256];       /* FINISH's error text */
 } seen;
 
 static int on_event(const gpt2_event *ev) {
@@ -41,6 +48,7 @@ static int on_event(const gpt2_event *ev) {
         return 0;
     }
     s->id = ev->id;
+    if (ev->kind == GPT2_EVENT_FINISH && ev->error) snprintf(s->error, sizeof s->error, "%s", ev->error);
     switch (ev->kind) {
     case GPT2_EVENT_TOKEN:
         cr_assert_lt(s->n_token_events, 256);
@@ -487,4 +495,49 @@ Test(engine, errors_name_the_field) {
     cr_assert(strstr(err.msg, "logits option"), "%s", err.msg);
     cr_assert_eq(gpt2_engine_cancel(e, 12345, &err), GPT2_ERR_ARG);
     cr_assert(strstr(err.msg, "12345"), "%s", err.msg);
+}
+
+/* A model whose forward overflows on one token (" fox": 3e38 in every channel of its embedding and of
+ * every position embedding, so its layer norm sees inf - inf): the request holding it finishes with
+ * GPT2_FINISH_ERROR and a message, the other runs as usual. */
+Test(engine, non_finite_logits_fail_that_request_alone) {
+    char dir[] = "/tmp/gpt2-engine-nan-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    tl_spec sp = {.n_layer = 1, .n_head = 2, .n_embd = 8, .n_positions = 32, .vocab_size = 50257, .dtype = "F32",
+                  .lm_head = 1, .seed = 77};
+    tl_model m;
+    cr_assert_eq(tl_model_make(&sp, &m), 0);
+    const float big = 3e38f;
+    tl_tensor *wte = tl_model_find(&m, "wte.weight"), *wpe = tl_model_find(&m, "wpe.weight");
+    cr_assert(wte && wpe);
+    for (int c = 0; c < 8; c++) memcpy(wte->data + 4 * ((size_t)21831 * 8 + (size_t)c), &big, 4); /* " fox" */
+    for (size_t k = 0; k + 4 <= wpe->nbytes; k += 4) memcpy(wpe->data + k, &big, 4);
+    cr_assert_eq(tl_write_model_dir(dir, &sp, &m), 0);
+    tl_model_free(&m);
+    char tokdir[PATH_MAX], src[PATH_MAX + 32], dst[256];
+    cr_assert(realpath("tests/data/gpt2-tokenizer", tokdir));
+    const char *files[] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(src, sizeof src, "%s/%s", tokdir, files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
+        cr_assert_eq(symlink(src, dst), 0, "%s: %s", dst, strerror(errno));
+    }
+    gpt2_engine *e = engine_on(dir, 2, 0);
+    tl_rmtree(dir);
+    seen *fox = test_calloc(1, sizeof *fox), *hello = test_calloc(1, sizeof *hello);
+    gpt2_request r = {.prompt_text = "The quick brown fox", .n_prompt_text = 19, .max_tokens = 3,
+                      .sampling = gpt2_sampling_default()};
+    submit(e, r, fox);
+    r.prompt_text = "Hello";
+    r.n_prompt_text = 5;
+    submit(e, r, hello);
+    run_all(e);
+    cr_assert(fox->finished);
+    cr_assert_eq(fox->reason, GPT2_FINISH_ERROR);
+    cr_assert(strstr(fox->error, "not finite"), "%s", fox->error);
+    cr_assert_str_eq(gpt2_finish_name(fox->reason), "error");
+    cr_assert(hello->finished);
+    cr_assert_eq(hello->reason, GPT2_FINISH_LENGTH);
+    cr_assert_eq(hello->n_fin_tokens, 3);
+    cr_assert_eq(hello->error[0], '\0');
 }
