@@ -61,6 +61,7 @@ typedef struct {
     int n_positions;          /* maxT (n_positions, or n_ctx in old configs) */
     int vocab_size;           /* V */
     float layer_norm_epsilon; /* 1e-5 for every released GPT-2 */
+    int tie_word_embeddings;  /* 1 unless config.json sets it false (absent: true, as in transformers) */
 } gpt2_config;
 
 /* Parameters in float32, Conv1D layout as stored by Hugging Face: weights are [in, out]. All point
@@ -293,6 +294,8 @@ typedef struct {
     size_t device_bytes;   /* device memory the backend allocated (0 on the CPU) */
     size_t host_bytes;     /* host memory the backend allocated (activations, KV cache on the CPU; the
                             * loaded model's weights are not counted) */
+    char warning[256];     /* a problem the engine worked around so far (e.g. CUDA graphs turned off
+                            * after a failed capture), for the caller to report; "" when none */
 } gpt2_plan;
 GPT2_API gpt2_status gpt2_engine_plan(const gpt2_engine *e, gpt2_plan *out);
 
@@ -302,6 +305,9 @@ GPT2_API gpt2_tokenizer *gpt2_engine_tokenizer(gpt2_engine *e);
 
 /* CUDA devices this build can use (0 when built without CUDA or none is visible). */
 GPT2_API int gpt2_cuda_device_count(void);
+/* Device memory in use on the CUDA device the engines use (total - free, every process counted) and
+ * its size, from cudaMemGetInfo. GPT2_ERR_UNSUPPORTED without CUDA or without a GPU. */
+GPT2_API gpt2_status gpt2_cuda_mem_info(size_t *used_bytes, size_t *total_bytes, gpt2_error *err);
 
 #ifdef __cplusplus
 }

@@ -46,16 +46,20 @@ typedef struct {
 cudaError_t sample_cuda_sort_bytes(int G, int V, size_t *bytes);
 
 /* out_tokens (n) on the device: one token per request i reading logits row params[i].row, n <= G.
- *   logits (rows, V) float, left unchanged; params (n) and history on the device.
+ *   logits (rows, ld) float, ld >= V, columns 0..V-1 read, left unchanged; params (n) and history on
+ *   the device.
  * Steps as gpt2_sample_row: repetition penalty over the distinct tokens of the whole history, then
  * frequency and presence penalties over the generated part; greedy rows take the argmax (lowest id on
- * ties); the others divide by the temperature, sort in descending order (stable: ties by lowest id),
- * keep the top_k first, take the probabilities exp(l - max) over them, keep the shortest prefix whose
- * mass reaches top_p, and return the token where the running sum first exceeds uniform * sum.
+ * ties, NaN below every number, 0 when logit 0 is NaN); the others take (l - max l) / temperature,
+ * sort in descending order (stable: ties by lowest id), keep the top_k first, take the probabilities
+ * exp(l - max) over them, keep the shortest prefix whose mass reaches top_p, and return the token
+ * where the running sum first exceeds uniform * sum.
+ * out_logprobs (n) on the device, or NULL: log_softmax of the raw row (before penalties and
+ * temperature) at the chosen token.
  * any_sort: 0 when every request is greedy (skips the sort). */
-cudaError_t sample_cuda(int *out_tokens, const float *logits, int V, const gpt2_cuda_sample_params *params,
-                        const int *history, int n, int any_sort, const gpt2_cuda_sample_scratch *scr,
-                        cudaStream_t stream);
+cudaError_t sample_cuda(int *out_tokens, float *out_logprobs, const float *logits, int V, int ld,
+                        const gpt2_cuda_sample_params *params, const int *history, int n, int any_sort,
+                        const gpt2_cuda_sample_scratch *scr, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

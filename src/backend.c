@@ -59,6 +59,12 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
     return gpt2_fail(err, GPT2_ERR_UNSUPPORTED, "--device cuda: this build has no CUDA support (nvcc was not "
                                                 "found when it was built)");
 }
+
+gpt2_status gpt2_cuda_mem_info(size_t *used_bytes, size_t *total_bytes, gpt2_error *err) {
+    if (used_bytes) *used_bytes = 0;
+    if (total_bytes) *total_bytes = 0;
+    return gpt2_fail(err, GPT2_ERR_UNSUPPORTED, "device memory: this build has no CUDA support");
+}
 #endif
 
 gpt2_status gpt2_backend_create(const char *device, const gpt2_model *m, const gpt2_backend_opts *opts,

@@ -39,6 +39,9 @@ struct gpt2_backend {
     char device_name[256];   /* the GPU's name, or "CPU" */
     size_t device_bytes;     /* device memory allocated at creation (0 on the CPU) */
     size_t host_bytes;       /* host memory allocated at creation (the model's weights not counted) */
+    /* A non-fatal problem the backend worked around (e.g. CUDA graphs turned off after a failed
+     * capture), for the caller to report; "" when none. The library itself never prints. */
+    char warning[256];
 
     /* Runs the model over the chunks (sum of n <= max_tokens, distinct slots) and appends their K and V
      * to the cache. Keeps logits on the backend: one row per chunk (its last token), or one row per
@@ -48,8 +51,9 @@ struct gpt2_backend {
     /* Copies the first n_rows rows of the last forward's logits to dst (n_rows, V) on the host. */
     gpt2_status (*read_logits)(gpt2_backend *be, float *dst, int n_rows, gpt2_error *err);
     /* Samples one token from each of the first n logits rows of the last forward; request i reads
-     * row i. Only B token ids cross to the host. out_logprobs may be NULL; when not, out_logprobs[i] =
-     * log_softmax(row i of the raw logits, before penalties, temperature, top-k, top-p)[out_tokens[i]]. */
+     * row i. Only B token ids cross to the host. out_logprobs may be NULL; when not,
+     * out_logprobs[i] = log_softmax(row i of the raw logits, before penalties, temperature, top-k and
+     * top-p)[out_tokens[i]]. */
     gpt2_status (*sample)(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens, float *out_logprobs, gpt2_error *err);
     void (*destroy)(gpt2_backend *be);
 };
@@ -68,8 +72,12 @@ gpt2_status gpt2_backend_check_chunks(const gpt2_backend_opts *o, const gpt2_chu
 gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                     gpt2_error *err);
 
-/* CUDA: present only when built with nvcc (GPT2_HAVE_CUDA); gpt2_cuda_device_count is in gpt2.h. */
+/* CUDA: present only when built with nvcc (GPT2_HAVE_CUDA); gpt2_cuda_device_count and
+ * gpt2_cuda_mem_info are public (gpt2.h). */
 gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                      gpt2_error *err);
+/* Testing only (CUDA builds): the next decode-graph capture of a CUDA backend fails, as a real capture
+ * failure would, so that the fallback to the plain stream can be tested. Other backends: no effect. */
+void gpt2_cuda_test_break_next_capture(gpt2_backend *be);
 
 #endif /* GPT2_BACKEND_H */

@@ -148,7 +148,8 @@ static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int
     if (n < 0 || n > s->n_rows)
         return gpt2_fail(err, GPT2_ERR_ARG, "sample: %d rows asked, the last forward made %d", n, s->n_rows);
     for (int i = 0; i < n; i++) {
-        memcpy(s->work, s->logits + (size_t)i * V, sizeof(float) * (size_t)V);
+        const float *raw = s->logits + (size_t)i * V;
+        memcpy(s->work, raw, sizeof(float) * (size_t)V);
         out_tokens[i] = gpt2_sample_row(s->work, V, &reqs[i], &s->scratch);
         /* from the raw row: the sampler changed only its copy */
         if (out_logprobs)

@@ -18,12 +18,13 @@ typedef struct {
     gpt2_dtype dtype;
     int allow_tf32;
     int threads;
+    int no_cuda_graphs; /* GPT2_CUDA_GRAPHS=0 in the environment */
 } cli_common;
 
 void cli_common_init(cli_common *c);
 
-/* Engine options from the common ones (device, dtype, tf32, threads); CUDA graphs off when the
- * environment has GPT2_CUDA_GRAPHS=0 (the library itself reads no environment). */
+/* Engine options from the common ones (device, dtype, tf32, threads, tokenizer); CUDA graphs off when
+ * the environment had GPT2_CUDA_GRAPHS=0 (cli_common_init reads it; the library reads no environment). */
 gpt2_engine_opts cli_engine_opts(const cli_common *c);
 
 /* getopt_long codes of the common options, and their table entries. */

@@ -12,6 +12,8 @@ void cli_common_init(cli_common *c) {
     memset(c, 0, sizeof *c);
     c->device = "auto";
     c->dtype = GPT2_DTYPE_F32;
+    const char *g = getenv("GPT2_CUDA_GRAPHS"); /* the CLI reads the environment; the library does not */
+    c->no_cuda_graphs = g && !strcmp(g, "0");
 }
 
 /* getopt's short-option string from the table: an entry whose code is a letter (e.g. 'n' for

@@ -13,8 +13,7 @@ gpt2_engine_opts cli_engine_opts(const cli_common *c) {
     o.allow_tf32 = c->allow_tf32;
     o.n_threads = c->threads;
     o.tokenizer_dir = c->tokenizer_dir;
-    const char *g = getenv("GPT2_CUDA_GRAPHS");
-    if (g && !strcmp(g, "0")) o.cuda_graphs = 0;
+    o.cuda_graphs = !c->no_cuda_graphs; /* GPT2_CUDA_GRAPHS=0, read by cli_common_init */
     return o;
 }
 

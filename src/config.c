@@ -100,10 +100,11 @@ static gpt2_status parse_config(const char *path, json_t *root, gpt2_config *c, 
     }
     if ((s = check_bool(path, root, "scale_attn_weights", 1, err))) return s;
     if ((s = check_bool(path, root, "scale_attn_by_inverse_layer_idx", 0, err))) return s;
-    /* Either value is fine here; the model loader reads it to decide whether lm_head.weight is needed. */
+    /* Either value is fine; the model loader needs lm_head.weight in the checkpoint when it is false. */
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_boolean(tie))
         return gpt2_fail(err, GPT2_ERR_FORMAT, "%s: field 'tie_word_embeddings' must be true or false", path);
+    c->tie_word_embeddings = !tie || json_is_true(tie);
     return GPT2_OK;
 }
 

@@ -285,6 +285,7 @@ gpt2_status gpt2_engine_plan(const gpt2_engine *e, gpt2_plan *out) {
     out->cuda_graphs = !strcmp(be->name, "cuda") && !be->opts.no_cuda_graphs;
     out->device_bytes = be->device_bytes;
     out->host_bytes = be->host_bytes;
+    snprintf(out->warning, sizeof out->warning, "%s", be->warning);
     return GPT2_OK;
 }
 

@@ -14,57 +14,11 @@
 #include <sys/stat.h>
 
 #include "safetensors.h"
+#include "tensors.h"
 #include "util.h"
-
-/* Parameter kinds, in the order of gpt2_weights and of the memory layout. */
-enum {
-    K_WTE, K_WPE,
-    K_LN1W, K_LN1B, K_QKVW, K_QKVB, K_ATTPROJW, K_ATTPROJB,
-    K_LN2W, K_LN2B, K_FCW, K_FCB, K_FCPROJW, K_FCPROJB,
-    K_LNFW, K_LNFB, K_LMHEAD, N_KINDS
-};
-
-static const struct {
-    const char *name; /* after "h.{l}." for per-layer kinds */
-    int per_layer;
-} KINDS[N_KINDS] = {
-    [K_WTE] = {"wte.weight", 0},
-    [K_WPE] = {"wpe.weight", 0},
-    [K_LN1W] = {"ln_1.weight", 1},
-    [K_LN1B] = {"ln_1.bias", 1},
-    [K_QKVW] = {"attn.c_attn.weight", 1},
-    [K_QKVB] = {"attn.c_attn.bias", 1},
-    [K_ATTPROJW] = {"attn.c_proj.weight", 1},
-    [K_ATTPROJB] = {"attn.c_proj.bias", 1},
-    [K_LN2W] = {"ln_2.weight", 1},
-    [K_LN2B] = {"ln_2.bias", 1},
-    [K_FCW] = {"mlp.c_fc.weight", 1},
-    [K_FCB] = {"mlp.c_fc.bias", 1},
-    [K_FCPROJW] = {"mlp.c_proj.weight", 1},
-    [K_FCPROJB] = {"mlp.c_proj.bias", 1},
-    [K_LNFW] = {"ln_f.weight", 0},
-    [K_LNFB] = {"ln_f.bias", 0},
-    [K_LMHEAD] = {"lm_head.weight", 0},
-};
 
 #define MAX_INDEX_BYTES (64u << 20)
 #define SAVE_PRETRAINED_PREFIX "transformer."
-
-/* Shape of one tensor of kind k (one layer's, for per-layer kinds); returns the number of dims. */
-static size_t kind_shape(const gpt2_config *c, int k, uint64_t shape[2]) {
-    uint64_t C = (uint64_t)c->n_embd, V = (uint64_t)c->vocab_size, maxT = (uint64_t)c->n_positions;
-    switch (k) {
-    case K_WTE: case K_LMHEAD: shape[0] = V; shape[1] = C; return 2;
-    case K_WPE: shape[0] = maxT; shape[1] = C; return 2;
-    case K_QKVW: shape[0] = C; shape[1] = 3 * C; return 2;
-    case K_QKVB: shape[0] = 3 * C; return 1;
-    case K_ATTPROJW: shape[0] = C; shape[1] = C; return 2;
-    case K_FCW: shape[0] = C; shape[1] = 4 * C; return 2;
-    case K_FCB: shape[0] = 4 * C; return 1;
-    case K_FCPROJW: shape[0] = 4 * C; shape[1] = C; return 2;
-    default: shape[0] = C; return 1; /* layer norms and the C-wide biases */
-    }
-}
 
 typedef struct {
     const gpt2_st_tensor *t; /* NULL until found */
@@ -73,7 +27,7 @@ typedef struct {
 
 typedef struct {
     const gpt2_config *cfg;
-    slot *slots;             /* (N_KINDS, L): slots[k * L + l]; non-layer kinds use l = 0 */
+    slot *slots;             /* (GPT2_N_TENSORS, L): slots[k * L + l]; non-layer kinds use l = 0 */
     gpt2_st_file *files;     /* (n_files) open safetensors files */
     size_t n_files, cap_files;
     const char **shard_names;/* (n_files) for a sharded checkpoint: names as the index gives them */
@@ -85,15 +39,15 @@ typedef enum { NAME_PARAM, NAME_BUFFER, NAME_UNKNOWN, NAME_BAD_LAYER } name_clas
 /* Sorts a tensor name into a parameter (kind, layer), an ignorable buffer, an unknown name, or a
  * layer index at or beyond n_layer (which would mean the config and checkpoint disagree). */
 static name_class classify(const char *name, int n_layer, int *kind, long *layer) {
-    if (strcmp(name, KINDS[K_LMHEAD].name) == 0) {
-        *kind = K_LMHEAD;
+    if (strcmp(name, gpt2_tensors[GPT2_T_LMHEAD].name) == 0) {
+        *kind = GPT2_T_LMHEAD;
         *layer = 0;
         return NAME_PARAM;
     }
     const char *s = name;
     if (strncmp(s, SAVE_PRETRAINED_PREFIX, strlen(SAVE_PRETRAINED_PREFIX)) == 0) s += strlen(SAVE_PRETRAINED_PREFIX);
-    for (int k = 0; k < N_KINDS; k++) {
-        if (!KINDS[k].per_layer && k != K_LMHEAD && strcmp(s, KINDS[k].name) == 0) {
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
+        if (!gpt2_tensors[k].per_layer && k != GPT2_T_LMHEAD && strcmp(s, gpt2_tensors[k].name) == 0) {
             *kind = k;
             *layer = 0;
             return NAME_PARAM;
@@ -108,8 +62,8 @@ static name_class classify(const char *name, int n_layer, int *kind, long *layer
     if (p == s || *p != '.' || (p - s > 1 && s[0] == '0')) return NAME_UNKNOWN;
     const char *rest = p + 1;
     name_class found = NAME_UNKNOWN;
-    for (int k = 0; k < N_KINDS; k++) {
-        if (KINDS[k].per_layer && strcmp(rest, KINDS[k].name) == 0) {
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
+        if (gpt2_tensors[k].per_layer && strcmp(rest, gpt2_tensors[k].name) == 0) {
             *kind = k;
             found = NAME_PARAM;
         }
@@ -147,7 +101,7 @@ static gpt2_status assign(loader *ld, const gpt2_st_tensor *t, const char *file,
 /* Checks the tensor of kind k against the config: shape and a dtype we can convert. */
 static gpt2_status check_tensor(const loader *ld, int k, const slot *sl, gpt2_error *err) {
     uint64_t want[2];
-    size_t nd = kind_shape(ld->cfg, k, want);
+    size_t nd = gpt2_tensor_shape(ld->cfg, (gpt2_tensor_kind)k, want);
     const gpt2_st_tensor *t = sl->t;
     if (t->n_dims != nd || memcmp(t->shape, want, nd * sizeof *want) != 0) {
         char got_s[256], want_s[64];
@@ -335,23 +289,6 @@ done:
     return s;
 }
 
-/* tie_word_embeddings from config.json (true when absent, as in transformers). config.json has been
- * validated by gpt2_config_load already. */
-static gpt2_status read_tie_flag(const char *path, int *tie, gpt2_error *err) {
-    char *text = NULL;
-    size_t n = 0;
-    *tie = 1;
-    gpt2_status s = gpt2_read_file(path, 16u << 20, &text, &n, err);
-    if (s) return s;
-    json_t *root = json_loadb(text, n, JSON_REJECT_DUPLICATES, NULL);
-    json_t *v = root ? json_object_get(root, "tie_word_embeddings") : NULL;
-    if (!root) s = gpt2_fail(err, GPT2_ERR_FORMAT, "%s: changed while loading", path);
-    else if (v) *tie = json_is_true(v);
-    json_decref(root);
-    free(text);
-    return s;
-}
-
 static inline float bits_to_float(uint32_t b) {
     float f;
     memcpy(&f, &b, sizeof f);
@@ -402,13 +339,6 @@ static void convert(float *dst, const gpt2_st_tensor *t) {
     }
 }
 
-static float **weight_ptr(gpt2_weights *w, int k) {
-    float **p[N_KINDS] = {&w->wte,     &w->wpe,      &w->ln1w,    &w->ln1b, &w->qkvw,    &w->qkvb,
-                          &w->attprojw, &w->attprojb, &w->ln2w,    &w->ln2b, &w->fcw,     &w->fcb,
-                          &w->fcprojw,  &w->fcprojb,  &w->lnfw,    &w->lnfb, &w->lm_head};
-    return p[k];
-}
-
 gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) {
     if (!dir || !out) return gpt2_fail(err, GPT2_ERR_ARG, "gpt2_model_load: NULL argument");
     *out = NULL;
@@ -425,12 +355,10 @@ gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) 
         goto fail;
     }
     if ((s = gpt2_config_load(cfg_path, &m->cfg, err))) goto fail;
-    int tie_config;
-    if ((s = read_tie_flag(cfg_path, &tie_config, err))) goto fail;
     const gpt2_config *c = &m->cfg;
     ld.cfg = c;
     const size_t L = (size_t)c->n_layer;
-    if (!(ld.slots = calloc(N_KINDS * L, sizeof *ld.slots))) {
+    if (!(ld.slots = calloc(GPT2_N_TENSORS * L, sizeof *ld.slots))) {
         s = gpt2_fail(err, GPT2_ERR_NOMEM, "%s: out of memory", dir);
         goto fail;
     }
@@ -452,13 +380,13 @@ gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) 
     }
 
     /* Every parameter present, with its shape and a dtype we convert. */
-    for (int k = 0; k < K_LMHEAD; k++) {
-        for (size_t l = 0; l < (KINDS[k].per_layer ? L : 1); l++) {
+    for (int k = 0; k < GPT2_T_LMHEAD; k++) {
+        for (size_t l = 0; l < (gpt2_tensors[k].per_layer ? L : 1); l++) {
             const slot *sl = &ld.slots[(size_t)k * L + l];
             if (!sl->t) {
                 char name[64];
-                if (KINDS[k].per_layer) snprintf(name, sizeof name, "h.%zu.%s", l, KINDS[k].name);
-                else snprintf(name, sizeof name, "%s", KINDS[k].name);
+                if (gpt2_tensors[k].per_layer) snprintf(name, sizeof name, "h.%zu.%s", l, gpt2_tensors[k].name);
+                else snprintf(name, sizeof name, "%s", gpt2_tensors[k].name);
                 s = gpt2_fail(err, GPT2_ERR_FORMAT, "%s: missing tensor '%s' (or '" SAVE_PRETRAINED_PREFIX "%s')",
                               source, name, name);
                 goto fail;
@@ -467,31 +395,27 @@ gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) 
         }
     }
     /* lm_head: the checkpoint's own when it differs from wte, else tied (as transformers does). */
-    const slot *wte = &ld.slots[(size_t)K_WTE * L], *head = &ld.slots[(size_t)K_LMHEAD * L];
+    const slot *wte = &ld.slots[(size_t)GPT2_T_WTE * L], *head = &ld.slots[(size_t)GPT2_T_LMHEAD * L];
     int tied = 1;
     if (head->t) {
-        if ((s = check_tensor(&ld, K_LMHEAD, head, err))) goto fail;
+        if ((s = check_tensor(&ld, GPT2_T_LMHEAD, head, err))) goto fail;
         tied = head->t->dtype == wte->t->dtype &&
                memcmp(head->t->data, wte->t->data, (size_t)(wte->t->end - wte->t->begin)) == 0;
-    } else if (!tie_config) {
+    } else if (!m->cfg.tie_word_embeddings) {
         s = gpt2_fail(err, GPT2_ERR_FORMAT, "%s: missing tensor 'lm_head.weight' (config.json sets tie_word_embeddings false)",
                       source);
         goto fail;
     }
 
     /* Layout: the kinds in order, per-layer kinds as (L, ...) blocks; lm_head only when untied. */
-    size_t per[N_KINDS], offset[N_KINDS], total = 0;
-    for (int k = 0; k < N_KINDS; k++) {
-        uint64_t shape[2];
-        size_t nd = kind_shape(c, k, shape), count = KINDS[k].per_layer ? L : 1;
-        per[k] = (size_t)shape[0];
+    size_t per[GPT2_N_TENSORS], offset[GPT2_N_TENSORS], total = 0;
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
         size_t block = 0;
-        if ((nd == 2 && gpt2_mul_size((size_t)shape[0], (size_t)shape[1], &per[k])) ||
-            gpt2_mul_size(per[k], count, &block)) {
+        if (gpt2_tensor_numel(c, (gpt2_tensor_kind)k, &per[k], &block)) {
             s = gpt2_fail(err, GPT2_ERR_CONFIG, "%s: parameter count overflows", cfg_path);
             goto fail;
         }
-        if (k == K_LMHEAD && tied) block = 0;
+        if (k == GPT2_T_LMHEAD && tied) block = 0;
         offset[k] = total;
         if (gpt2_add_size(total, block, &total)) {
             s = gpt2_fail(err, GPT2_ERR_CONFIG, "%s: parameter count overflows", cfg_path);
@@ -504,13 +428,13 @@ gpt2_status gpt2_model_load(const char *dir, gpt2_model **out, gpt2_error *err) 
         goto fail;
     }
     m->w.n_floats = total;
-    for (int k = 0; k < N_KINDS; k++) *weight_ptr(&m->w, k) = m->w.memory + offset[k];
+    for (int k = 0; k < GPT2_N_TENSORS; k++) *gpt2_tensor_field(&m->w, (gpt2_tensor_kind)k) = m->w.memory + offset[k];
     m->w.tied = tied;
     if (tied) m->w.lm_head = m->w.wte;
 
-    for (int k = 0; k < N_KINDS; k++) {
-        if (k == K_LMHEAD && tied) continue;
-        for (size_t l = 0; l < (KINDS[k].per_layer ? L : 1); l++) {
+    for (int k = 0; k < GPT2_N_TENSORS; k++) {
+        if (k == GPT2_T_LMHEAD && tied) continue;
+        for (size_t l = 0; l < (gpt2_tensors[k].per_layer ? L : 1); l++) {
             const slot *sl = &ld.slots[(size_t)k * L + l];
             convert(m->w.memory + offset[k] + l * per[k], sl->t);
             if ((s = check_finite(m->w.memory + offset[k] + l * per[k], per[k], sl, err))) goto fail;

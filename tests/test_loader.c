@@ -376,6 +376,7 @@ static void check_positions(const char *extra, int want) {
     cr_assert_eq(c.n_head, 2);
     cr_assert_eq(c.n_embd, 8);
     cr_assert_eq(c.vocab_size, 11);
+    cr_assert_eq(c.tie_word_embeddings, 1); /* absent: tied, as in transformers */
     free(p);
     tl_rmtree(dir);
     free(dir);
@@ -415,6 +416,7 @@ Test(loader, config_epsilon) {
     gpt2_error err = {0};
     cr_assert_eq(gpt2_config_load(p, &c, &err), GPT2_OK, "%s", err.msg);
     cr_assert_eq(c.layer_norm_epsilon, 0.25f);
+    cr_assert_eq(c.tie_word_embeddings, 0);
     free(p);
     tl_rmtree(dir);
     free(dir);
