@@ -7,6 +7,7 @@
  * The kernels run on the widest instruction set the CPU has (cpu_isa_best), on opts.n_threads
  * threads (0: the OpenMP default) passed to every op; no process-wide OpenMP setting is changed. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,7 @@ typedef struct {
     gpt2_sample_scratch scratch;
     cpu_packed *mats; /* (4L + 1) packed matrices: per layer qkv, attproj, fc, fcproj; then lm_head */
     void *mat_mem;    /* the one allocation behind every mats[i].data */
+    size_t mat_bytes; /* bytes of mat_mem */
     cpu_isa isa;      /* instruction set of the fast kernels */
     int nt;           /* threads per op (0: OpenMP default) */
 } cpu_state;
@@ -157,13 +159,9 @@ static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int
         const float *raw = s->logits + (size_t)i * V;
         memcpy(s->work, raw, sizeof(float) * (size_t)V);
         out_tokens[i] = gpt2_sample_row(s->work, V, &reqs[i], &s->scratch);
-        if (out_logprobs) { /* log_softmax of the raw row at the token, with the max subtracted */
-            float mx = raw[0];
-            for (int v = 1; v < V; v++) mx = raw[v] > mx ? raw[v] : mx;
-            double sum = 0.0;
-            for (int v = 0; v < V; v++) sum += exp((double)raw[v] - mx);
-            out_logprobs[i] = (float)((double)raw[out_tokens[i]] - mx - log(sum));
-        }
+        /* from the raw row: the sampler changed only its copy */
+        if (out_logprobs)
+            out_logprobs[i] = out_tokens[i] >= 0 ? gpt2_logprob_row(s->logits + (size_t)i * V, V, out_tokens[i]) : NAN;
     }
     return GPT2_OK;
 }
@@ -199,6 +197,7 @@ static int pack_weights(cpu_state *s, const gpt2_model *m, cpu_wtype wt, int nt)
     }
     size_t bytes;
     if (gpt2_mul_size(total, esize, &bytes) || !(s->mat_mem = malloc(bytes))) return -1;
+    s->mat_bytes = bytes;
     char *at = s->mat_mem;
     for (int i = 0; i < n_mats; i++) {
         cpu_packed *p = &s->mats[i];
@@ -258,6 +257,9 @@ gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts
                          wt == CPU_W_F32 ? "fp32" : wt == CPU_W_F16 ? "fp16" : "bf16");
     }
     be->name = "cpu";
+    snprintf(be->device_name, sizeof be->device_name, "CPU");
+    be->host_bytes = sizeof(float) * (N * C * 11 + R * C + R * V + V * 2 + 2 * cache_floats) + sizeof(int) * (2 * N + R + 2 * V) +
+                    s->mat_bytes; /* the packed weight matrices */
     be->opts = *opts;
     be->model = m;
     be->ctx = s;
