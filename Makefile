@@ -1,4 +1,5 @@
-# gpt2: GPT-2 inference engine. `make` builds build/gpt2 and build/libgpt2.a; `make test` runs the tests.
+# gpt2: GPT-2 inference engine. `make` builds build/gpt2, build/libgpt2.a and build/libgpt2.so;
+# `make test` runs the tests; `make install PREFIX=...` installs the library, its header and gpt2.pc.
 # CUDA sources compile in when nvcc is found (override with CUDA=0 or NVCC=/path/to/nvcc).
 
 CC      ?= cc
@@ -14,14 +15,18 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 
 OPT      ?= -O2
 SAN      ?=
+# -fvisibility=hidden: only GPT2_API declarations (include/gpt2.h) are exported from libgpt2.so.
 CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra $(if $(filter 1,$(WERROR)),-Werror) -Wshadow -Wno-unused-parameter -fopenmp \
-            -fno-fast-math -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP $(SAN)
+            -fno-fast-math -D_GNU_SOURCE -fPIC -fvisibility=hidden -Iinclude -Isrc -MMD -MP $(SAN)
 LDFLAGS  += -fopenmp $(SAN)
 LDLIBS   += -ljansson -lpcre2-8 -lm -lpthread
 TEST_LDLIBS = -lcriterion
 
 LIB_SRCS  := $(filter-out src/main.c src/cli_%.c src/backend_cuda.c src/cuda_%.c,$(wildcard src/*.c))
 CLI_SRCS  := src/main.c $(wildcard src/cli_*.c)
+# The CLI talks to the library through gpt2.h alone (it links the public libgpt2.a, whose other symbols
+# are local); these helpers (JSONL requests, .npy files, file reading) it links as its own copies.
+CLI_SUPPORT_OBJS := $(BUILD)/src/request.o $(BUILD)/src/npy.o $(BUILD)/src/util.o
 TEST_SRCS := $(wildcard tests/test_*.c)
 CU_SRCS   := $(wildcard kernels/*.cu)
 
@@ -31,54 +36,114 @@ LIB_SRCS    += src/backend_cuda.c $(wildcard src/cuda_*.c)
 CUDA_GENCODE := $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
                 -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH))
 NVCC_WERROR := $(if $(filter 1,$(WERROR)),-Xcompiler -Werror -Werror all-warnings)
-NVCCFLAGS   ?= -O2 -g -std=c++17 $(CUDA_GENCODE) -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $(NVCC_WERROR) \
+# -fPIC, -fvisibility=hidden: for libgpt2.so. -fno-gnu-unique: CUB's and Thrust's template statics
+# become weak rather than "unique" symbols, which objcopy can make local in libgpt2.a.
+NVCCFLAGS   ?= -O2 -g -std=c++17 $(CUDA_GENCODE) -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC,-fvisibility=hidden,-fno-gnu-unique $(NVCC_WERROR) \
                -Iinclude -Isrc -Ikernels -MMD -MP
-LDLIBS      += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
+CUDA_LIBS   := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -ldl -lrt
+LDLIBS      += $(CUDA_LIBS)
 CU_OBJS     := $(CU_SRCS:%.cu=$(BUILD)/%.o)
 else
 CU_OBJS     :=
+CUDA_LIBS   :=
 endif
 
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_OBJS)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 
-.PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind bench-kernels
-all: $(BUILD)/gpt2 $(BUILD)/libgpt2.a
+.PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind install bench-cpu bench-kernels
+all: $(BUILD)/gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
 
-$(BUILD)/%.o: %.c
+# Which build (CUDA=0 or 1) the objects in $(BUILD) were built for: switching rebuilds them.
+CUDA_STAMP := $(BUILD)/cuda-$(CUDA).stamp
+$(CUDA_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/cuda-*.stamp
+	@touch $@
+
+$(BUILD)/%.o: %.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 # The CPU engine's inner loops want the full vectoriser (no fast-math: results stay IEEE).
 $(BUILD)/src/ops_cpu.o: OPT = -O3
 
-$(BUILD)/libgpt2.a: $(LIB_OBJS)
+# The CPU benchmark driver: memory bandwidth and the decode-step matmuls (see bench/bench_cpu.c).
+bench-cpu: $(BUILD)/bench_cpu
+$(BUILD)/bench_cpu: $(BUILD)/bench/bench_cpu.o $(BUILD)/libgpt2_internal.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/bench/bench_cpu.o: OPT = -O3
+
+# The public names: every GPT2_API declaration of include/gpt2.h.
+$(BUILD)/gpt2.syms: include/gpt2.h
+	@mkdir -p $(dir $@)
+	sed -n 's/^GPT2_API .*[ *]\(gpt2_[a-z0-9_]*\)(.*/\1/p' $< | sort -u > $@
+$(BUILD)/gpt2.map: $(BUILD)/gpt2.syms
+	{ echo '{ global:'; sed 's/$$/;/' $<; echo 'local: *; };'; } > $@
+
+# One relocatable object in which every symbol but the public ones is local, so that the archive
+# exports nothing else (kernel launchers, ops) into a program that links it.
+$(BUILD)/libgpt2.a: $(LIB_OBJS) $(BUILD)/gpt2.syms $(CUDA_STAMP)
+	@rm -f $@ $(BUILD)/libgpt2.o
+	$(LD) -r -o $(BUILD)/libgpt2.o $(LIB_OBJS)
+	objcopy --keep-global-symbols=$(BUILD)/gpt2.syms $(BUILD)/libgpt2.o
+	ar rcs $@ $(BUILD)/libgpt2.o
+
+$(BUILD)/libgpt2.so: $(LIB_OBJS) $(BUILD)/gpt2.map $(CUDA_STAMP)
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,libgpt2.so -Wl,--version-script=$(BUILD)/gpt2.map -o $@ $(LIB_OBJS) $(LDLIBS)
+
+# Every library object with its symbols global, for the tests of internal modules.
+$(BUILD)/libgpt2_internal.a: $(LIB_OBJS) $(CUDA_STAMP)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(LIB_OBJS)
 
-$(BUILD)/gpt2: $(CLI_OBJS) $(BUILD)/libgpt2.a
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(BUILD)/libgpt2.a $(LDLIBS)
+$(BUILD)/gpt2: $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a $(LDLIBS)
 
-$(BUILD)/test_gpt2: $(TEST_OBJS) $(BUILD)/libgpt2.a
-	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(BUILD)/libgpt2.a $(LDLIBS) $(TEST_LDLIBS)
+$(BUILD)/test_gpt2: $(TEST_OBJS) $(BUILD)/libgpt2_internal.a
+	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(BUILD)/libgpt2_internal.a $(LDLIBS) $(TEST_LDLIBS)
+
+# make install PREFIX=DIR: include/gpt2.h, libgpt2.a, libgpt2.so and a pkg-config file.
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+PC_PRIVATE := -lgomp -lm -lpthread $(CUDA_LIBS)
+$(BUILD)/gpt2.pc: Makefile
+	@mkdir -p $(dir $@)
+	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' 'libdir=$(LIBDIR)' '' \
+	    'Name: gpt2' 'Description: GPT-2 inference engine (CPU and CUDA)' 'Version: 0.1.0' \
+	    'Requires.private: jansson libpcre2-8' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lgpt2' \
+	    'Libs.private: $(PC_PRIVATE)' > $@
+install: $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
+	@rm -f $(BUILD)/gpt2.pc
+	$(MAKE) --no-print-directory $(BUILD)/gpt2.pc PREFIX=$(PREFIX) LIBDIR=$(LIBDIR)
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 644 include/gpt2.h $(DESTDIR)$(PREFIX)/include/gpt2.h
+	install -m 644 $(BUILD)/libgpt2.a $(DESTDIR)$(LIBDIR)/libgpt2.a
+	install -m 755 $(BUILD)/libgpt2.so $(DESTDIR)$(LIBDIR)/libgpt2.so
+	install -m 644 $(BUILD)/gpt2.pc $(DESTDIR)$(LIBDIR)/pkgconfig/gpt2.pc
 
 # The tests find the fixtures and the CLI relative to the repository root.
 TEST_ARGS ?=
 # Criterion's own summary does not count skips, so a closing line from its JSON report does.
-test: $(BUILD)/gpt2 $(BUILD)/test_gpt2
-	GPT2_BIN=$(BUILD)/gpt2 $(BUILD)/test_gpt2 --json=$(BUILD)/test-report.json $(TEST_ARGS); rc=$$?; \
+# The library is installed into $(BUILD)/prefix first: test_library builds the README's example against it.
+TEST_PREFIX = $(abspath $(BUILD))/prefix
+test: $(BUILD)/gpt2 $(BUILD)/test_gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
+	@rm -rf $(TEST_PREFIX)
+	@$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX) >/dev/null
+	GPT2_BIN=$(BUILD)/gpt2 GPT2_LIB_DIR=$(BUILD) GPT2_PREFIX=$(TEST_PREFIX) GPT2_CC="$(CC) $(SAN)" \
+	    $(BUILD)/test_gpt2 --json=$(BUILD)/test-report.json $(TEST_ARGS); rc=$$?; \
 	python3 tools/test_summary.py $(BUILD)/test-report.json && exit $$rc
 
 # Per-kernel microbenchmarks on the GPU (bench/bench_kernels.c): copy bandwidth, GEMV vs cuBLAS and its
 # crossover, the decode step's breakdown. Without a GPU it says so and exits 0.
 BENCH_ARGS ?=
 ifeq ($(CUDA),1)
-$(BUILD)/bench_kernels: $(BUILD)/bench/bench_kernels.o $(BUILD)/libgpt2.a
+$(BUILD)/bench_kernels: $(BUILD)/bench/bench_kernels.o $(BUILD)/libgpt2_internal.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 bench-kernels: $(BUILD)/bench_kernels
 	$(BUILD)/bench_kernels --commit "$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" $(BENCH_ARGS)
@@ -86,6 +151,12 @@ else
 bench-kernels:
 	@echo "bench-kernels: built without CUDA (nvcc not found, or CUDA=0): nothing to measure"
 endif
+# Benchmarks that are programs of their own (timing lives in bench/, never in tests/).
+.PHONY: bench-tokenizer
+bench-tokenizer: $(BUILD)/bench_tokenizer
+	$(BUILD)/bench_tokenizer
+$(BUILD)/bench_tokenizer: bench/bench_tokenizer.c $(BUILD)/libgpt2.a
+	$(CC) -std=c11 $(OPT) -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude $(LDFLAGS) -o $@ $< $(BUILD)/libgpt2.a $(LDLIBS)
 
 # The CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
 asan:
@@ -121,7 +192,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    build-essential clang libclang-rt-14-dev libcriterion-dev libjansson-dev libpcre2-dev python3
+	    build-essential clang libclang-rt-14-dev libcriterion-dev libjansson-dev libpcre2-dev pkgconf python3
 	@# optional: lets the loader tests compare with the reference safetensors reader (they skip without it)
 	-python3 -m pip install -q safetensors numpy 2>/dev/null
 
@@ -132,4 +203,4 @@ gpu-check:
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz build-gpu
 
--include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/bench/bench_kernels.d
+-include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(BUILD)/bench/bench_cpu.d $(BUILD)/bench/bench_kernels.d

@@ -23,8 +23,10 @@
  *
  * Temperature: scaled_i = (l_i - max_j l_j) / T on both backends, so the largest is exactly 0 and no
  * temperature, however small (1e-45), overflows to inf or makes a NaN: a tiny T is greedy in effect.
- * Greedy argmax orders NaN below every number (as src/sampler.c's strict `>` scan does) and returns
- * 0 when logit 0 is NaN, which is where that scan stays. Rows are `ld` floats apart (ld >= V: the
+ * A row holding a NaN or an Inf gives -1 (GPT2_SAMPLE_NONFINITE), as in src/sampler.c, and so does a
+ * sampled row whose max turns non-finite after the penalties. Greedy argmax still orders NaN below
+ * every number (as sampler.c's strict `>` scan does) and returns 0 when logit 0 is NaN, a total order
+ * that keeps the reduction's result independent of its shape. Rows are `ld` floats apart (ld >= V: the
  * logits buffer is padded for cuBLAS); columns V..ld-1 are never read. */
 #include <limits.h>
 
@@ -34,6 +36,7 @@
 using namespace gpt2_cuda;
 
 enum { PREP_THREADS = 512, SEL_THREADS = 1024 };
+enum { SAMPLE_NONFINITE = -1 }; /* == GPT2_SAMPLE_NONFINITE of src/sampler.h */
 
 /* (v, i) comes before (bv, bi) in argmax order: any number before NaN, larger before smaller, and
  * on ties (NaN with NaN included) the lower index first. A total order, so the reduction's shape
@@ -108,8 +111,17 @@ __global__ void __launch_bounds__(PREP_THREADS)
     float *x = keys + base;
     int *cnt = count + base;
     const int *hist = history + pr.hist_off;
-    for (int i = tid; i < V; i += blockDim.x) x[i] = src[i];
-    __syncthreads();
+    int bad = 0;
+    for (int i = tid; i < V; i += blockDim.x) {
+        x[i] = src[i];
+        bad |= !isfinite(x[i]);
+    }
+    /* A NaN or Inf logit means the forward broke down: no token is an answer (sampler.c returns
+     * GPT2_SAMPLE_NONFINITE, -1, for such a row; the select kernel skips it). */
+    if (__syncthreads_or(bad)) {
+        if (tid == 0) out[r] = SAMPLE_NONFINITE;
+        return;
+    }
 
     /* repetition: each distinct token of the history once (the first thread to mark it applies it) */
     if (pr.repetition_penalty != 1.0f) {
@@ -160,6 +172,11 @@ __global__ void __launch_bounds__(PREP_THREADS)
     float mx = -INFINITY;
     for (int i = tid; i < V; i += blockDim.x) mx = fmaxf(mx, x[i]);
     mx = block_max(mx, sv);
+    if (!isfinite(mx)) { /* a penalty overflowed: as sampler.c */
+        if (tid == 0) out[r] = SAMPLE_NONFINITE;
+        return;
+    }
+    if (tid == 0) out[r] = 0; /* not -1: the select kernel draws this row's token */
     for (int i = tid; i < V; i += blockDim.x) {
         float v = __fdiv_rn(__fsub_rn(x[i], mx), pr.temperature); /* max first: the largest is 0, never inf */
         x[i] = v == 0.0f ? 0.0f : v; /* -0 orders as +0, as the CPU comparator sees them */
@@ -373,7 +390,7 @@ __global__ void __launch_bounds__(SEL_THREADS)
     const int r = blockIdx.x;
     if (r >= n) return;
     const gpt2_cuda_sample_params pr = params[r];
-    if (pr.greedy) return;
+    if (pr.greedy || out[r] == SAMPLE_NONFINITE) return; /* done by the prep kernel */
     const float *k = keys + (size_t)r * V;
 
     cut_t cut = {0u, INT_MAX}, next;

@@ -72,17 +72,10 @@ gpt2_status gpt2_backend_create(const char *device, const gpt2_model *m, const g
     *out = NULL;
     gpt2_status st = gpt2_backend_check_opts(m, opts, err);
     if (st != GPT2_OK) return st;
-    if (!strcmp(device, "cpu")) {
-        if (opts->dtype != GPT2_DTYPE_F32)
-            return gpt2_fail(err, GPT2_ERR_UNSUPPORTED, "--dtype: the CPU backend computes in fp32 only");
-        return gpt2_backend_cpu_create(m, opts, out, err);
-    }
+    if (!strcmp(device, "cpu")) return gpt2_backend_cpu_create(m, opts, out, err);
     if (!strcmp(device, "cuda")) return gpt2_backend_cuda_create(m, opts, out, err);
     if (!strcmp(device, "auto")) {
         if (gpt2_cuda_device_count() > 0) return gpt2_backend_cuda_create(m, opts, out, err);
-        if (opts->dtype != GPT2_DTYPE_F32)
-            return gpt2_fail(err, GPT2_ERR_UNSUPPORTED, "--dtype: no GPU found, and the CPU backend computes in "
-                                                        "fp32 only");
         return gpt2_backend_cpu_create(m, opts, out, err);
     }
     return gpt2_fail(err, GPT2_ERR_ARG, "--device '%s': expected cpu, cuda or auto", device);

@@ -10,8 +10,6 @@
 #include "gpt2.h"
 #include "sampler.h"
 
-typedef enum { GPT2_DTYPE_F32 = 0, GPT2_DTYPE_F16, GPT2_DTYPE_BF16 } gpt2_dtype;
-
 typedef struct {
     int max_slots;  /* S: sequences held in the KV cache at once (>= 1) */
     int max_seq;    /* positions per slot, 1..n_positions */
@@ -38,6 +36,9 @@ struct gpt2_backend {
     gpt2_backend_opts opts;
     const gpt2_model *model; /* not owned; must outlive the backend */
     void *ctx;
+    char device_name[256];   /* the GPU's name, or "CPU" */
+    size_t device_bytes;     /* device memory allocated at creation (0 on the CPU) */
+    size_t host_bytes;       /* host memory allocated at creation (the model's weights not counted) */
     /* A non-fatal problem the backend worked around (e.g. CUDA graphs turned off after a failed
      * capture), for the caller to report; "" when none. The library itself never prints. */
     char warning[256];
@@ -71,11 +72,8 @@ gpt2_status gpt2_backend_check_chunks(const gpt2_backend_opts *o, const gpt2_chu
 gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                     gpt2_error *err);
 
-/* CUDA: present only when built with nvcc (GPT2_HAVE_CUDA). */
-int gpt2_cuda_device_count(void); /* 0 when not built in or no usable GPU */
-/* Device memory in use on the CUDA device the backends use (total - free, every process counted)
- * and its size, from cudaMemGetInfo. GPT2_ERR_UNSUPPORTED without CUDA or without a GPU. */
-gpt2_status gpt2_cuda_mem_info(size_t *used_bytes, size_t *total_bytes, gpt2_error *err);
+/* CUDA: present only when built with nvcc (GPT2_HAVE_CUDA); gpt2_cuda_device_count and
+ * gpt2_cuda_mem_info are public (gpt2.h). */
 gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                      gpt2_error *err);
 /* Testing only (CUDA builds): the next decode-graph capture of a CUDA backend fails, as a real capture

@@ -1,6 +1,13 @@
-/* backend_cpu.c: the float32 reference engine. The forward pass reads top to bottom in cpu_forward. */
+/* backend_cpu.c: the CPU engine. The forward pass reads top to bottom in cpu_forward.
+ *
+ * Activations and accumulation are float32. The weight matrices (the four of each block and the
+ * lm_head) are copied at creation into the backend's own packed form (ops_cpu.h: panels of 16 output
+ * columns), in float32 or, with opts.dtype fp16 / bf16, rounded to 16 bits, which halves the bytes a
+ * decode step reads. Embeddings, biases and layernorm parameters are read from the model in float32.
+ * The kernels run on the widest instruction set the CPU has (cpu_isa_best), on opts.n_threads
+ * threads (0: the OpenMP default) passed to every op; no process-wide OpenMP setting is changed. */
 #include <math.h>
-#include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +33,16 @@ typedef struct {
     float *vcache; /* (L, S, NH, maxT, HS) */
     int n_rows;    /* logits rows held from the last forward */
     gpt2_sample_scratch scratch;
+    cpu_packed *mats; /* (4L + 1) packed matrices: per layer qkv, attproj, fc, fcproj; then lm_head */
+    void *mat_mem;    /* the one allocation behind every mats[i].data */
+    size_t mat_bytes; /* bytes of mat_mem */
+    cpu_isa isa;      /* instruction set of the fast kernels */
+    int nt;           /* threads per op (0: OpenMP default) */
 } cpu_state;
+
+/* Index into cpu_state.mats */
+enum { MAT_QKV, MAT_ATTPROJ, MAT_FC, MAT_FCPROJ, MATS_PER_LAYER };
+#define MAT(s, l, k) (&(s)->mats[(size_t)(l) * MATS_PER_LAYER + (k)])
 
 static void cpu_state_free(cpu_state *s) {
     if (!s) return;
@@ -44,6 +60,8 @@ static void cpu_state_free(cpu_state *s) {
     free(s->rows);
     free(s->kcache);
     free(s->vcache);
+    free(s->mats);
+    free(s->mat_mem);
     gpt2_sample_scratch_free(&s->scratch);
     free(s);
 }
@@ -68,7 +86,8 @@ static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n
     const gpt2_backend_opts *o = &be->opts;
     gpt2_status st = gpt2_backend_check_chunks(o, chunks, n_chunks, all_logits, c->vocab_size, err);
     if (st != GPT2_OK) return st;
-    int C = c->n_embd, NH = c->n_head, HS = C / NH, V = c->vocab_size, maxT = o->max_seq;
+    int C = c->n_embd, NH = c->n_head, HS = C / NH, maxT = o->max_seq, nt = s->nt;
+    cpu_isa isa = s->isa;
 
     int N = 0;
     for (int i = 0; i < n_chunks; i++)
@@ -76,12 +95,12 @@ static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n
             s->tokens[N] = chunks[i].tokens[t];
             s->pos[N] = chunks[i].pos + t;
         }
-    encoder_forward_cpu(s->x, s->tokens, s->pos, w->wte, w->wpe, N, C);
+    encoder_forward_cpu(s->x, s->tokens, s->pos, w->wte, w->wpe, N, C, nt);
 
     for (int l = 0; l < c->n_layer; l++) {
         size_t lc = (size_t)l * C;
-        layernorm_forward_cpu(s->ln, s->x, w->ln1w + lc, w->ln1b + lc, N, C, c->layer_norm_epsilon);
-        matmul_forward_cpu(s->qkv, s->ln, w->qkvw + lc * 3 * C, w->qkvb + lc * 3, N, C, 3 * C);
+        layernorm_forward_cpu(s->ln, s->x, w->ln1w + lc, w->ln1b + lc, N, C, c->layer_norm_epsilon, nt);
+        matmul_packed_isa(isa, s->qkv, s->ln, MAT(s, l, MAT_QKV), w->qkvb + lc * 3, N, nt);
         int off = 0;
         for (int i = 0; i < n_chunks; i++) {
             const gpt2_chunk *ch = &chunks[i];
@@ -89,17 +108,18 @@ static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n
             float *vc = cache_layer(s->vcache, c, o, l, ch->slot);
             const float *qkv = s->qkv + (size_t)off * 3 * C;
             kv_append_cpu(kc, vc, qkv, ch->pos, ch->n, NH, HS, maxT);
-            if (attention_forward_cpu(s->atty + (size_t)off * C, qkv, 3 * C, kc, vc, ch->pos, ch->n, NH, HS, maxT))
+            if (attention_forward_isa(isa, s->atty + (size_t)off * C, qkv, 3 * C, kc, vc, ch->pos, ch->n, NH, HS, maxT,
+                                      nt))
                 return gpt2_fail(err, GPT2_ERR_NOMEM, "cpu forward: attention scratch allocation failed");
             off += ch->n;
         }
-        matmul_forward_cpu(s->tmp, s->atty, w->attprojw + lc * C, w->attprojb + lc, N, C, C);
-        residual_forward_cpu(s->x, s->x, s->tmp, (size_t)N * C);
-        layernorm_forward_cpu(s->ln, s->x, w->ln2w + lc, w->ln2b + lc, N, C, c->layer_norm_epsilon);
-        matmul_forward_cpu(s->fch, s->ln, w->fcw + lc * 4 * C, w->fcb + lc * 4, N, C, 4 * C);
-        gelu_forward_cpu(s->fch, s->fch, (size_t)N * 4 * C);
-        matmul_forward_cpu(s->tmp, s->fch, w->fcprojw + lc * 4 * C, w->fcprojb + lc, N, 4 * C, C);
-        residual_forward_cpu(s->x, s->x, s->tmp, (size_t)N * C);
+        matmul_packed_isa(isa, s->tmp, s->atty, MAT(s, l, MAT_ATTPROJ), w->attprojb + lc, N, nt);
+        residual_forward_cpu(s->x, s->x, s->tmp, (size_t)N * C, nt);
+        layernorm_forward_cpu(s->ln, s->x, w->ln2w + lc, w->ln2b + lc, N, C, c->layer_norm_epsilon, nt);
+        matmul_packed_isa(isa, s->fch, s->ln, MAT(s, l, MAT_FC), w->fcb + lc * 4, N, nt);
+        gelu_forward_isa(isa, s->fch, s->fch, (size_t)N * 4 * C, nt);
+        matmul_packed_isa(isa, s->tmp, s->fch, MAT(s, l, MAT_FCPROJ), w->fcprojb + lc, N, nt);
+        residual_forward_cpu(s->x, s->x, s->tmp, (size_t)N * C, nt);
     }
 
     /* Final layernorm and unembedding only for the rows whose logits are wanted. */
@@ -114,8 +134,8 @@ static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n
         }
     }
     for (int r = 0; r < R; r++) memcpy(s->ln + (size_t)r * C, s->x + (size_t)s->rows[r] * C, sizeof(float) * C);
-    layernorm_forward_cpu(s->lnf, s->ln, w->lnfw, w->lnfb, R, C, c->layer_norm_epsilon);
-    matmul_nt_forward_cpu(s->logits, s->lnf, w->lm_head, R, C, V);
+    layernorm_forward_cpu(s->lnf, s->ln, w->lnfw, w->lnfb, R, C, c->layer_norm_epsilon, nt);
+    matmul_packed_isa(isa, s->logits, s->lnf, &s->mats[(size_t)c->n_layer * MATS_PER_LAYER], NULL, R, nt);
     s->n_rows = R;
     return GPT2_OK;
 }
@@ -139,15 +159,55 @@ static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int
         const float *raw = s->logits + (size_t)i * V;
         memcpy(s->work, raw, sizeof(float) * (size_t)V);
         out_tokens[i] = gpt2_sample_row(s->work, V, &reqs[i], &s->scratch);
-        if (out_logprobs) { /* log_softmax of the raw row at the token, with the max subtracted */
-            float mx = raw[0];
-            for (int v = 1; v < V; v++) mx = raw[v] > mx ? raw[v] : mx;
-            double sum = 0.0;
-            for (int v = 0; v < V; v++) sum += exp((double)raw[v] - mx);
-            out_logprobs[i] = (float)((double)raw[out_tokens[i]] - mx - log(sum));
-        }
+        /* from the raw row: the sampler changed only its copy */
+        if (out_logprobs)
+            out_logprobs[i] = out_tokens[i] >= 0 ? gpt2_logprob_row(s->logits + (size_t)i * V, V, out_tokens[i]) : NAN;
     }
     return GPT2_OK;
+}
+
+/* Packs the model's weight matrices into s->mats (one allocation, s->mat_mem) as element type wt.
+ * Returns 0, or -1 when the size overflows or the allocation fails. */
+static int pack_weights(cpu_state *s, const gpt2_model *m, cpu_wtype wt, int nt) {
+    const gpt2_config *c = &m->cfg;
+    const gpt2_weights *w = &m->w;
+    const int L = c->n_layer, C = c->n_embd, n_mats = L * MATS_PER_LAYER + 1;
+    const size_t esize = wt == CPU_W_F32 ? sizeof(float) : sizeof(uint16_t);
+    /* each block matrix: (L, K, OC) in the model ([in, out]); the lm_head comes last, (V, C) */
+    struct {
+        const float *src;
+        int K, OC;
+    } table[MATS_PER_LAYER] = {
+        [MAT_QKV] = {w->qkvw, C, 3 * C},
+        [MAT_ATTPROJ] = {w->attprojw, C, C},
+        [MAT_FC] = {w->fcw, C, 4 * C},
+        [MAT_FCPROJ] = {w->fcprojw, 4 * C, C},
+    };
+    s->mats = calloc((size_t)n_mats, sizeof *s->mats);
+    if (!s->mats) return -1;
+    size_t total = 0;
+    for (int i = 0; i < n_mats; i++) {
+        cpu_packed *p = &s->mats[i];
+        int k = i % MATS_PER_LAYER, last = i == n_mats - 1;
+        p->K = last ? C : table[k].K;
+        p->OC = last ? c->vocab_size : table[k].OC;
+        p->wt = wt;
+        size_t n = cpu_packed_elems(p->K, p->OC);
+        if (!n || __builtin_add_overflow(total, n, &total)) return -1;
+    }
+    size_t bytes;
+    if (gpt2_mul_size(total, esize, &bytes) || !(s->mat_mem = malloc(bytes))) return -1;
+    s->mat_bytes = bytes;
+    char *at = s->mat_mem;
+    for (int i = 0; i < n_mats; i++) {
+        cpu_packed *p = &s->mats[i];
+        int l = i / MATS_PER_LAYER, k = i % MATS_PER_LAYER, last = i == n_mats - 1;
+        const float *src = last ? w->lm_head : table[k].src + (size_t)l * (size_t)p->K * (size_t)p->OC;
+        p->data = at;
+        cpu_pack(p, src, last, nt); /* the lm_head is (OC, K): transposed */
+        at += cpu_packed_elems(p->K, p->OC) * esize;
+    }
+    return 0;
 }
 
 static void cpu_destroy(gpt2_backend *be) {
@@ -160,8 +220,6 @@ gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts
     *out = NULL;
     gpt2_status st = gpt2_backend_check_opts(m, opts, err);
     if (st != GPT2_OK) return st;
-    if (opts->dtype != GPT2_DTYPE_F32)
-        return gpt2_fail(err, GPT2_ERR_UNSUPPORTED, "cpu backend: float32 only");
     const gpt2_config *c = &m->cfg;
     size_t N = (size_t)opts->max_tokens, C = (size_t)c->n_embd, V = (size_t)c->vocab_size;
     size_t R = opts->all_logits ? N : (size_t)opts->max_slots;
@@ -189,8 +247,19 @@ gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts
     if (!s->x || !s->ln || !s->qkv || !s->atty || !s->tmp || !s->fch || !s->lnf || !s->logits || !s->work || !s->tokens ||
         !s->pos || !s->rows || !s->kcache || !s->vcache || gpt2_sample_scratch_init(&s->scratch, c->vocab_size))
         goto nomem;
-    if (opts->n_threads > 0) omp_set_num_threads(opts->n_threads);
+    s->isa = cpu_isa_best();
+    s->nt = opts->n_threads;
+    cpu_wtype wt = opts->dtype == GPT2_DTYPE_F16 ? CPU_W_F16 : opts->dtype == GPT2_DTYPE_BF16 ? CPU_W_BF16 : CPU_W_F32;
+    if (pack_weights(s, m, wt, s->nt)) {
+        cpu_state_free(s);
+        free(be);
+        return gpt2_fail(err, GPT2_ERR_NOMEM, "cpu backend: cannot allocate its %s copy of the weight matrices",
+                         wt == CPU_W_F32 ? "fp32" : wt == CPU_W_F16 ? "fp16" : "bf16");
+    }
     be->name = "cpu";
+    snprintf(be->device_name, sizeof be->device_name, "CPU");
+    be->host_bytes = sizeof(float) * (N * C * 11 + R * C + R * V + V * 2 + 2 * cache_floats) + sizeof(int) * (2 * N + R + 2 * V) +
+                    s->mat_bytes; /* the packed weight matrices */
     be->opts = *opts;
     be->model = m;
     be->ctx = s;

@@ -175,6 +175,8 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
     CUDA_TRY(cudaStreamSynchronize(x->stream));
     be->name = "cuda";
     be->warning[0] = '\0';
+    snprintf(be->device_name, sizeof be->device_name, "%s", prop.name);
+    be->device_bytes = p->total;
     be->opts = *opts;
     be->model = m;
     be->ctx = x;

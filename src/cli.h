@@ -5,7 +5,6 @@
 #include <getopt.h>
 #include <stdio.h>
 
-#include "backend.h"
 #include "gpt2.h"
 
 /* Exit codes: 0 success, 1 a failure of the work, 2 bad usage. */
@@ -23,6 +22,10 @@ typedef struct {
 } cli_common;
 
 void cli_common_init(cli_common *c);
+
+/* Engine options from the common ones (device, dtype, tf32, threads, tokenizer); CUDA graphs off when
+ * the environment had GPT2_CUDA_GRAPHS=0 (cli_common_init reads it; the library reads no environment). */
+gpt2_engine_opts cli_engine_opts(const cli_common *c);
 
 /* getopt_long codes of the common options, and their table entries. */
 enum { OPT_MODEL = 'm', OPT_TOKENIZER = 1000, OPT_DEVICE, OPT_DTYPE, OPT_TF32, OPT_THREADS, OPT_HELP = 'h' };

@@ -1,16 +1,16 @@
 /* cli_bench.c: `gpt2 bench`: load time, prefill and decode throughput, decode step latency and peak
  * memory for a list of batch sizes.
  *
- * Each batch size B gets its own backend (B slots of prompt-len + gen-len positions) and runs B
- * prompts of prompt-len token ids (random from --seed, or read from --prompt-ids) through a
- * fixed-length greedy generation of gen-len new tokens per sequence, as Hugging Face's
- * generate(max_new_tokens = min_new_tokens = gen-len) does: the prefill gives the first token, then
- * gen-len - 1 decode steps of B tokens each give the rest. No early stop.
+ * Each batch size B gets its own engine (B slots of prompt-len + gen-len positions) over the one loaded
+ * model, and runs B requests of prompt-len token ids (random from --seed, or read from --prompt-ids)
+ * through the same scheduler as `gpt2 generate` (gpt2_engine_step), greedy, with end-of-text ignored so
+ * that every sequence makes gen-len tokens, as Hugging Face's generate(max_new_tokens = min_new_tokens
+ * = gen-len) does: the prefill gives the first token, then decode steps of B tokens give the rest.
  *
- * Timing: clock_gettime(CLOCK_MONOTONIC) around synchronous work. The sample op returns token ids
- * to the host, so everything a backend queued before it has finished when it returns; the prefill
- * is timed up to the sampling of its last first-token, and a decode step is one forward plus its
- * sample. --warmup full generations run untimed first, on the same backend and prompts.
+ * Timing: clock_gettime(CLOCK_MONOTONIC) around each engine step, which is synchronous (the sample op
+ * returns token ids to the host). The prefill is timed up to the step that gives the last sequence its
+ * first token; every later step is a decode step. --warmup full generations run untimed first, on the
+ * same engine and prompts.
  */
 #include <jansson.h>
 #include <math.h>
@@ -62,8 +62,9 @@ typedef struct {
     double e2e_s;             /* prefill + decode, B x G new tokens */
     double peak_rss_mib;      /* process high-water mark so far (getrusage) */
     char backend[16];         /* the backend's name ("cpu", "cuda") */
-    int have_dev;             /* device memory known (CUDA with gpt2_cuda_mem_info) */
-    double dev_before_mib, dev_after_mib, dev_total_mib;
+    long decode_tokens;       /* tokens the decode steps made (B x (G - 1) when the prefill is one step) */
+    int have_dev;             /* device memory known (CUDA) */
+    double dev_plan_mib;      /* device memory the engine's backend allocated */
     int *seq0;                /* (G) tokens generated for sequence 0; malloc'ed */
 } batch_result;
 
@@ -174,147 +175,127 @@ static uint64_t splitmix64(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-/* Scratch for one generation of up to B sequences, sized once per batch size. */
+/* One generation's bookkeeping, filled by the requests' callbacks. */
 typedef struct {
-    int *hist;               /* (B, W) prompt in columns 0..P-1, generated tokens after; W = P + G */
-    gpt2_chunk *chunks;      /* (B) */
-    gpt2_sample_req *reqs;   /* (B) */
-    int *sampled;            /* (B) */
-    double *step_s;          /* (G - 1) seconds of each decode step */
-} gen_scratch;
+    int B, G;
+    int n_first;     /* sequences that have their first token */
+    long n_tokens;   /* tokens generated so far, all sequences */
+    int *seq0;       /* (G) tokens of sequence 0 */
+    int n_seq0;
+    int *n_gen;      /* (B) tokens of each sequence */
+} gen_track;
 
-static void gen_scratch_free(gen_scratch *g) {
-    free(g->hist);
-    free(g->chunks);
-    free(g->reqs);
-    free(g->sampled);
-    free(g->step_s);
-    memset(g, 0, sizeof *g);
-}
+typedef struct {
+    gen_track *t;
+    int seq;
+} seq_user;
 
-static int gen_scratch_init(gen_scratch *g, int B, int P, int G) {
-    size_t W = (size_t)P + (size_t)G, n;
-    memset(g, 0, sizeof *g);
-    if (gpt2_mul3_size((size_t)B, W, sizeof(int), &n)) return -1;
-    g->hist = malloc(n);
-    g->chunks = malloc(sizeof(gpt2_chunk) * (size_t)B);
-    g->reqs = malloc(sizeof(gpt2_sample_req) * (size_t)B);
-    g->sampled = malloc(sizeof(int) * (size_t)B);
-    g->step_s = malloc(sizeof(double) * (size_t)G);
-    if (!g->hist || !g->chunks || !g->reqs || !g->sampled || !g->step_s) {
-        gen_scratch_free(g);
-        return -1;
-    }
+static int on_seq_event(const gpt2_event *ev) {
+    const seq_user *u = ev->user;
+    gen_track *t = u->t;
+    if (ev->kind != GPT2_EVENT_TOKEN) return 0;
+    if (t->n_gen[u->seq]++ == 0) t->n_first++;
+    t->n_tokens++;
+    if (u->seq == 0 && t->n_seq0 < t->G) t->seq0[t->n_seq0++] = ev->token;
     return 0;
 }
 
-/* One fixed-length greedy generation of B sequences whose prompts are in g->hist. The prefill packs
- * whole prompts (the last one possibly cut) into forwards of at most max_tokens tokens and samples
- * the first token of each prompt that a forward finishes; then G - 1 decode steps of B tokens. */
-static gpt2_status generate_fixed(gpt2_backend *be, gen_scratch *g, int B, int P, int G, double *prefill_s,
-                                  double *total_s, gpt2_error *err) {
-    static const gpt2_sampling greedy = {.temperature = 0, .top_k = 0, .top_p = 1, .repetition_penalty = 1};
-    const size_t W = (size_t)P + (size_t)G;
-    const int N = be->opts.max_tokens;
-    gpt2_status st;
-    double t0 = now_s();
-
-    int next = 0, done = 0; /* sequence whose prompt comes next, and its tokens already forwarded */
-    while (next < B) {
-        int n_ch = 0, used = 0, first = next;
-        while (next < B && used < N) {
-            int take = P - done < N - used ? P - done : N - used;
-            g->chunks[n_ch++] = (gpt2_chunk){.slot = next, .pos = done, .n = take, .tokens = g->hist + next * W + done};
-            used += take;
-            done += take;
-            if (done < P) break; /* this prompt goes on in the next forward */
-            next++;
-            done = 0;
-        }
-        if ((st = be->forward(be, g->chunks, n_ch, 0, err)) != GPT2_OK) return st;
-        /* Rows 0..n_fin-1 belong to the prompts this forward finished: first, first+1, ... */
-        int n_fin = next - first;
-        for (int k = 0; k < n_fin; k++)
-            g->reqs[k] = (gpt2_sample_req){.p = &greedy, .step = 0, .history = g->hist + (first + k) * W,
-                                           .n_history = P, .n_prompt = P};
-        if (n_fin > 0 && (st = be->sample(be, g->reqs, n_fin, g->sampled, NULL, err)) != GPT2_OK) return st;
-        for (int k = 0; k < n_fin; k++) g->hist[(first + k) * W + P] = g->sampled[k];
+/* One fixed-length greedy generation of B sequences through the engine's scheduler, as `generate`
+ * runs it: B requests of P prompt tokens and G new tokens each, end-of-text ignored. The prefill is
+ * the steps until every sequence has its first token (when B x P exceeds the step's token budget,
+ * those steps also decode the sequences already started, as the scheduler does for real); every later
+ * step is a decode step, timed one by one. Returns the decode tokens in *decode_tokens. */
+static gpt2_status generate_engine(gpt2_engine *e, const int *prompts, int B, int P, int G, double *step_s,
+                                   int *n_steps, double *prefill_s, double *total_s, long *decode_tokens,
+                                   int *seq0, gpt2_error *err) {
+    gen_track t = {.B = B, .G = G, .seq0 = seq0};
+    seq_user *users = calloc((size_t)B, sizeof *users);
+    t.n_gen = calloc((size_t)B, sizeof(int));
+    if (!users || !t.n_gen) {
+        free(users);
+        free(t.n_gen);
+        return gpt2_fail(err, GPT2_ERR_NOMEM, "out of memory for %d requests", B);
     }
-    double t1 = now_s();
-    *prefill_s = t1 - t0;
-
-    for (int t = 1; t < G; t++) {
+    gpt2_status st = GPT2_OK;
+    for (int b = 0; b < B && st == GPT2_OK; b++) {
+        users[b] = (seq_user){.t = &t, .seq = b};
+        gpt2_request r = {.prompt = prompts + (size_t)b * P, .n_prompt = P, .max_tokens = G,
+                          .sampling = gpt2_sampling_default(), .ignore_eot = 1, .on_event = on_seq_event,
+                          .user = &users[b]};
+        st = gpt2_engine_submit(e, &r, NULL, err);
+    }
+    double t0 = now_s(), t_prefilled = t0;
+    long tokens_at_prefill = 0;
+    int busy = B, steps = 0;
+    while (st == GPT2_OK && busy > 0) {
         double ts = now_s();
-        for (int b = 0; b < B; b++) {
-            int *h = g->hist + b * W;
-            g->chunks[b] = (gpt2_chunk){.slot = b, .pos = P + t - 1, .n = 1, .tokens = h + P + t - 1};
-            g->reqs[b] = (gpt2_sample_req){.p = &greedy, .step = (uint64_t)t, .history = h, .n_history = P + t,
-                                           .n_prompt = P};
+        int prefilled = t.n_first == B;
+        st = gpt2_engine_step(e, &busy, err);
+        double te = now_s();
+        if (prefilled) {
+            if (steps < G) step_s[steps++] = te - ts;
+        } else if (t.n_first == B) {
+            t_prefilled = te;
+            tokens_at_prefill = t.n_tokens;
         }
-        if ((st = be->forward(be, g->chunks, B, 0, err)) != GPT2_OK) return st;
-        if ((st = be->sample(be, g->reqs, B, g->sampled, NULL, err)) != GPT2_OK) return st;
-        for (int b = 0; b < B; b++) g->hist[b * W + P + t] = g->sampled[b];
-        g->step_s[t - 1] = now_s() - ts;
     }
+    *prefill_s = t_prefilled - t0;
     *total_s = now_s() - t0;
-    return GPT2_OK;
+    *n_steps = steps;
+    *decode_tokens = t.n_tokens - tokens_at_prefill;
+    free(users);
+    free(t.n_gen);
+    return st;
 }
 
-/* Device memory in MiB, when the library can tell (CUDA only). 0 ok. */
-static int device_mem_mib(double *used, double *total) {
-    size_t u, t;
-    gpt2_error err = {0};
-    if (gpt2_cuda_mem_info(&u, &t, &err) != GPT2_OK) return -1;
-    *used = (double)u / (1 << 20);
-    *total = (double)t / (1 << 20);
-    return 0;
-}
-
-/* Runs one batch size: a fresh backend, warm-up, one timed generation. */
-static gpt2_status bench_batch(const cli_common *c, const bench_args *a, const gpt2_model *m, const int *prompts,
-                               int B, batch_result *r, gpt2_error *err) {
+/* Runs one batch size: a fresh engine, warm-up, one timed generation. */
+static gpt2_status bench_batch(const cli_common *c, const bench_args *a, const gpt2_model *m, gpt2_tokenizer *tok,
+                               const int *prompts, int B, batch_result *r, gpt2_error *err) {
     const int P = a->prompt_len, G = a->gen_len;
-    const size_t W = (size_t)P + (size_t)G;
-    gpt2_backend *be = NULL;
-    gen_scratch g;
-    gpt2_status st;
+    gpt2_engine *e = NULL;
+    gpt2_status st = GPT2_OK;
+    double *step_s = malloc(sizeof(double) * (size_t)G);
     memset(r, 0, sizeof *r);
     r->batch = B;
-    if (gen_scratch_init(&g, B, P, G) || !(r->seq0 = malloc(sizeof(int) * (size_t)G))) {
-        gen_scratch_free(&g);
-        return gpt2_fail(err, GPT2_ERR_NOMEM, "batch %d: out of memory for %d x %zu token ids", B, B, W);
+    if (!step_s || !(r->seq0 = calloc((size_t)G, sizeof(int)))) {
+        free(step_s);
+        return gpt2_fail(err, GPT2_ERR_NOMEM, "batch %d: out of memory", B);
     }
-    for (int b = 0; b < B; b++) memcpy(g.hist + b * W, prompts + (size_t)b * P, sizeof(int) * (size_t)P);
-
     long auto_tokens = (long)B * P < DEFAULT_MAX_TOKENS ? (long)B * P : DEFAULT_MAX_TOKENS;
     r->max_tokens = a->max_tokens ? a->max_tokens : (int)(auto_tokens > B ? auto_tokens : B);
-    gpt2_backend_opts o = {.max_slots = B, .max_seq = P + G, .max_tokens = r->max_tokens, .all_logits = 0,
-                           .dtype = c->dtype, .allow_tf32 = c->allow_tf32, .n_threads = c->threads,
-                           .no_cuda_graphs = c->no_cuda_graphs};
-    /* Device memory before the backend exists (the CUDA context included) and after the timed run. */
-    double mem_total;
-    int have_before = strcmp(c->device, "cpu") && device_mem_mib(&r->dev_before_mib, &mem_total) == 0;
+    gpt2_engine_opts o = cli_engine_opts(c);
+    o.max_slots = B;
+    o.max_seq = P + G;
+    o.max_tokens = r->max_tokens;
     double t0 = now_s();
-    if ((st = gpt2_backend_create(c->device, m, &o, &be, err)) != GPT2_OK) goto out;
+    if ((st = gpt2_engine_create_from(m, tok, &o, &e, err)) != GPT2_OK) goto out;
     r->create_s = now_s() - t0;
-    snprintf(r->backend, sizeof r->backend, "%s", be->name);
+    gpt2_plan plan;
+    gpt2_engine_plan(e, &plan);
+    snprintf(r->backend, sizeof r->backend, "%s", plan.device);
 
-    double prefill_s, total_s;
-    for (int w = 0; w < a->warmup; w++)
-        if ((st = generate_fixed(be, &g, B, P, G, &prefill_s, &total_s, err)) != GPT2_OK) goto out;
-    if ((st = generate_fixed(be, &g, B, P, G, &prefill_s, &total_s, err)) != GPT2_OK) goto out;
-
+    double prefill_s = 0, total_s = 0;
+    int n_steps = 0;
+    long decode_tokens = 0;
+    for (int w = 0; w <= a->warmup && st == GPT2_OK; w++)
+        st = generate_engine(e, prompts, B, P, G, step_s, &n_steps, &prefill_s, &total_s, &decode_tokens, r->seq0,
+                             err);
+    if (st != GPT2_OK) goto out;
     r->prefill_s = prefill_s;
     r->e2e_s = total_s;
+    r->decode_tokens = decode_tokens;
     r->decode_s = 0;
-    for (int t = 0; t < G - 1; t++) r->decode_s += g.step_s[t];
-    qsort(g.step_s, (size_t)(G - 1), sizeof(double), cmp_double);
-    r->step_ms_p50 = 1e3 * quantile(g.step_s, G - 1, 0.5);
-    r->step_ms_p90 = 1e3 * quantile(g.step_s, G - 1, 0.9);
+    for (int t = 0; t < n_steps; t++) r->decode_s += step_s[t];
+    if (n_steps > 0) {
+        qsort(step_s, (size_t)n_steps, sizeof(double), cmp_double);
+        r->step_ms_p50 = 1e3 * quantile(step_s, n_steps, 0.5);
+        r->step_ms_p90 = 1e3 * quantile(step_s, n_steps, 0.9);
+    }
     r->peak_rss_mib = peak_rss_mib();
-    r->have_dev = have_before && !strcmp(be->name, "cuda") &&
-                  device_mem_mib(&r->dev_after_mib, &r->dev_total_mib) == 0;
-    memcpy(r->seq0, g.hist + P, sizeof(int) * (size_t)G);
+    if (gpt2_engine_plan(e, &plan) == GPT2_OK && plan.warning[0]) /* e.g. CUDA graphs turned off */
+        fprintf(stderr, "gpt2 bench: warning: %s\n", plan.warning);
+    r->have_dev = plan.device_bytes > 0;
+    r->dev_plan_mib = (double)plan.device_bytes / (1 << 20);
 out:
     if (st != GPT2_OK) {
         /* Name the batch size in the message. */
@@ -322,8 +303,8 @@ out:
         snprintf(msg, sizeof msg, "%s", err->msg[0] ? err->msg : gpt2_strerror(st));
         gpt2_fail(err, st, "batch %d: %s", B, msg);
     }
-    gpt2_backend_free(be);
-    gen_scratch_free(&g);
+    gpt2_engine_destroy(e);
+    free(step_s);
     return st;
 }
 
@@ -365,27 +346,23 @@ static int make_prompts(const bench_args *a, int max_b, int V, int **out) {
     return 0;
 }
 
-static const char *dtype_name(gpt2_dtype d) {
-    return d == GPT2_DTYPE_F16 ? "fp16" : d == GPT2_DTYPE_BF16 ? "bf16" : "fp32";
-}
-
 static void print_table(const cli_common *c, const bench_args *a, const gpt2_model *m, const char *be_name,
                         double load_model_s, double load_s, const batch_result *r, int n) {
     const gpt2_config *k = &m->cfg;
     printf("gpt2 bench: %s (L=%d C=%d NH=%d V=%d), device %s, %s, prompt %d, gen %d, warmup %d, %s prompts\n",
-           c->model_dir, k->n_layer, k->n_embd, k->n_head, k->vocab_size, be_name, dtype_name(c->dtype),
+           c->model_dir, k->n_layer, k->n_embd, k->n_head, k->vocab_size, be_name, gpt2_dtype_name(c->dtype),
            a->prompt_len, a->gen_len, a->warmup, a->prompt_ids_path ? "file" : "random");
     printf("load: %.3f s (model %.3f s + backend %.3f s)\n", load_s, load_model_s, load_s - load_model_s);
     printf("%6s %14s %13s %12s %12s %12s %12s %s\n", "batch", "prefill tok/s", "decode tok/s", "step ms p50",
-           "step ms p90", "e2e tok/s", "peak RSS MiB", "device MiB used (before -> after)");
+           "step ms p90", "e2e tok/s", "peak RSS MiB", "device MiB (engine)");
     for (int i = 0; i < n; i++) {
         const batch_result *x = &r[i];
         double pre = (double)x->batch * a->prompt_len / x->prefill_s;
-        double dec = (double)x->batch * (a->gen_len - 1) / x->decode_s;
+        double dec = (double)x->decode_tokens / x->decode_s;
         double e2e = (double)x->batch * a->gen_len / x->e2e_s;
         printf("%6d %14.1f %13.1f %12.3f %12.3f %12.1f %12.1f", x->batch, pre, dec, x->step_ms_p50, x->step_ms_p90,
                e2e, x->peak_rss_mib);
-        if (x->have_dev) printf(" %.0f -> %.0f of %.0f\n", x->dev_before_mib, x->dev_after_mib, x->dev_total_mib);
+        if (x->have_dev) printf(" %.0f\n", x->dev_plan_mib);
         else printf(" -\n");
     }
 }
@@ -405,7 +382,7 @@ static json_t *results_json(const cli_common *c, const bench_args *a, const gpt2
     json_object_set_new(root, "config", cfg);
     cfg = NULL;
     json_object_set_new(root, "device", json_string(be_name));
-    json_object_set_new(root, "dtype", json_string(dtype_name(c->dtype)));
+    json_object_set_new(root, "dtype", json_string(gpt2_dtype_name(c->dtype)));
     json_object_set_new(root, "tf32", json_boolean(c->allow_tf32));
     json_object_set_new(root, "threads", json_integer(c->threads ? c->threads : omp_get_max_threads()));
     json_object_set_new(root, "prompt_len", json_integer(a->prompt_len));
@@ -431,15 +408,14 @@ static json_t *results_json(const cli_common *c, const bench_args *a, const gpt2
         json_object_set_new(o, "prefill_s", json_real(x->prefill_s));
         json_object_set_new(o, "prefill_tok_s", json_real(B * a->prompt_len / x->prefill_s));
         json_object_set_new(o, "decode_s", json_real(x->decode_s));
-        json_object_set_new(o, "decode_tok_s", json_real(B * (a->gen_len - 1) / x->decode_s));
+        json_object_set_new(o, "decode_tokens", json_integer(x->decode_tokens));
+        json_object_set_new(o, "decode_tok_s", json_real((double)x->decode_tokens / x->decode_s));
         json_object_set_new(o, "decode_step_ms_median", json_real(x->step_ms_p50));
         json_object_set_new(o, "decode_step_ms_p90", json_real(x->step_ms_p90));
         json_object_set_new(o, "e2e_s", json_real(x->e2e_s));
         json_object_set_new(o, "e2e_tok_s", json_real(B * a->gen_len / x->e2e_s));
         json_object_set_new(o, "peak_rss_mib", json_real(x->peak_rss_mib));
-        json_object_set_new(o, "device_mem_before_mib", x->have_dev ? json_real(x->dev_before_mib) : json_null());
-        json_object_set_new(o, "device_mem_after_mib", x->have_dev ? json_real(x->dev_after_mib) : json_null());
-        json_object_set_new(o, "device_mem_total_mib", x->have_dev ? json_real(x->dev_total_mib) : json_null());
+        json_object_set_new(o, "device_mem_mib", x->have_dev ? json_real(x->dev_plan_mib) : json_null());
         for (int t = 0; t < a->gen_len; t++) json_array_append_new(seq0, json_integer(x->seq0[t]));
         json_object_set_new(o, "seq0_tokens", seq0);
         json_array_append_new(res, o);
@@ -508,6 +484,7 @@ int cmd_bench(int argc, char **argv) {
 
     FILE *jf = NULL;
     gpt2_model *m = NULL;
+    gpt2_tokenizer *tok = NULL;
     batch_result *res = calloc((size_t)a.n_batch, sizeof *res);
     json_t *root = NULL;
     const char *failure = NULL; /* the message of a batch size that failed */
@@ -523,7 +500,8 @@ int cmd_bench(int argc, char **argv) {
     }
 
     double t0 = now_s();
-    if (gpt2_model_load(c.model_dir, &m, &err) != GPT2_OK) {
+    if (gpt2_model_load(c.model_dir, &m, &err) != GPT2_OK ||
+        gpt2_tokenizer_load(c.tokenizer_dir ? c.tokenizer_dir : c.model_dir, &tok, &err) != GPT2_OK) {
         cli_report("bench", &err);
         goto out;
     }
@@ -531,7 +509,7 @@ int cmd_bench(int argc, char **argv) {
     /* A failing batch size (out of memory, say) ends the run; the sizes before it are still reported. */
     int n_done = 0;
     for (; n_done < a.n_batch; n_done++)
-        if (bench_batch(&c, &a, m, prompts, a.batch[n_done], &res[n_done], &err) != GPT2_OK) {
+        if (bench_batch(&c, &a, m, tok, prompts, a.batch[n_done], &res[n_done], &err) != GPT2_OK) {
             cli_report("bench", &err);
             failure = err.msg;
             break;
@@ -562,5 +540,6 @@ out:
     free(res);
     free(prompts);
     gpt2_model_free(m);
+    gpt2_tokenizer_free(tok);
     return rc;
 }

@@ -22,7 +22,6 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "generate.h"
 #include "request.h"
 #include "util.h"
 
@@ -535,6 +534,25 @@ static int on_text_stream(void *user, int req, const char *bytes, size_t n) {
     return fwrite(bytes, 1, n, stdout) != n || fflush(stdout) != 0;
 }
 
+/* The engine's events of request `req`: text to stdout (--prompt) or a record when it finishes. */
+typedef struct {
+    batch *b;
+    int req, stream;
+    int *failed; /* shared: a write failed, stop generating */
+} req_user;
+
+static int on_event(const gpt2_event *ev) {
+    req_user *u = ev->user;
+    int rc = 0;
+    if (ev->kind == GPT2_EVENT_TEXT && u->stream) rc = on_text_stream(u->b, u->req, ev->text, ev->n_text);
+    if (ev->kind == GPT2_EVENT_FINISH && ev->finish == GPT2_FINISH_ERROR)
+        rc = u->stream ? on_error_stream(u->b, u->req, ev->error) : on_error_batch(u->b, u->req, ev->error);
+    else if (ev->kind == GPT2_EVENT_FINISH && !u->stream)
+        rc = on_finish_batch(u->b, u->req, ev->tokens, ev->n_tokens, ev->text, ev->n_text, ev->finish);
+    *u->failed |= rc;
+    return rc;
+}
+
 /* Tokenizes a prompt and fits it to the context. */
 static gpt2_status prepare_prompt(job *j, gpt2_tokenizer *tok, const gpt2_model *m, const gen_args *a,
                                   gpt2_error *err) {
@@ -756,8 +774,10 @@ static void free_jobs(batch *b) {
     free(b->req_job);
 }
 
-static int plan_opts(const cli_common *c, const gen_args *a, const gpt2_model *m, const gpt2_request *reqs,
-                     int n_reqs, gpt2_backend_opts *o) {
+/* Slots, context and step budget for these requests: no more slots than requests, no longer context
+ * than the longest request needs. */
+static gpt2_engine_opts plan_opts(const cli_common *c, const gen_args *a, const gpt2_model *m,
+                                  const gpt2_request *reqs, int n_reqs) {
     int cuda = strcmp(c->device, "cpu") && gpt2_cuda_device_count() > 0;
     int longest = 2;
     for (int i = 0; i < n_reqs; i++) {
@@ -766,11 +786,11 @@ static int plan_opts(const cli_common *c, const gen_args *a, const gpt2_model *m
     }
     int slots = a->batch ? a->batch : cuda ? 64 : 8;
     if (slots > n_reqs) slots = n_reqs > 0 ? n_reqs : 1;
-    *o = (gpt2_backend_opts){.max_slots = slots, .max_seq = longest,
-                             .max_tokens = slots + (cuda ? 4096 : 256), .dtype = c->dtype,
-                             .allow_tf32 = c->allow_tf32, .n_threads = c->threads,
-                             .no_cuda_graphs = c->no_cuda_graphs};
-    return 0;
+    gpt2_engine_opts o = cli_engine_opts(c);
+    o.max_slots = slots;
+    o.max_seq = longest;
+    o.max_tokens = slots + (cuda ? 4096 : 256);
+    return o;
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -810,8 +830,9 @@ int cmd_generate(int argc, char **argv) {
     }
     gpt2_model *m = NULL;
     gpt2_tokenizer *tok = NULL;
-    gpt2_backend *be = NULL;
+    gpt2_engine *e = NULL;
     gpt2_request *reqs = NULL;
+    req_user *users = NULL;
     char *text = NULL;
     size_t n_text = 0;
     batch b = {0};
@@ -872,9 +893,8 @@ int cmd_generate(int argc, char **argv) {
         flush_records(&b, 0); /* error records at the head of the input */
     }
     if (n_reqs > 0) {
-        gpt2_backend_opts o;
-        plan_opts(&c, &a, m, reqs, n_reqs, &o);
-        if (gpt2_backend_create(c.device, m, &o, &be, &err) != GPT2_OK) {
+        gpt2_engine_opts o = plan_opts(&c, &a, m, reqs, n_reqs);
+        if (gpt2_engine_create_from(m, tok, &o, &e, &err) != GPT2_OK) {
             cli_report("generate", &err);
             goto out;
         }
@@ -883,10 +903,21 @@ int cmd_generate(int argc, char **argv) {
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         clock_gettime(CLOCK_MONOTONIC, &b.t0);
-        gpt2_gen_callbacks cb = {.user = &b, .cancel = &g_cancel};
-        if (a.prompt) cb.on_text = on_text_stream, cb.on_error = on_error_stream;
-        else cb.on_finish = on_finish_batch, cb.on_error = on_error_batch;
-        gpt2_status st = gpt2_generate(be, tok, gpt2_tokenizer_eot(tok), reqs, n_reqs, &cb, &err);
+        if (!(users = calloc((size_t)n_reqs, sizeof *users))) goto out;
+        gpt2_status st = GPT2_OK;
+        int busy = n_reqs, failed = 0;
+        for (int i = 0; i < n_reqs && st == GPT2_OK; i++) {
+            users[i] = (req_user){.b = &b, .req = i, .stream = a.prompt != NULL, .failed = &failed};
+            reqs[i].on_event = on_event;
+            reqs[i].user = &users[i];
+            st = gpt2_engine_submit(e, &reqs[i], NULL, &err);
+        }
+        /* Step until done, interrupted (SIGINT: unfinished requests are left for --resume) or a write fails. */
+        while (st == GPT2_OK && busy > 0 && !g_cancel && !failed) st = gpt2_engine_step(e, &busy, &err);
+        gpt2_plan plan; /* the library never prints: a problem it worked around (graphs off) is shown here */
+        if (gpt2_engine_plan(e, &plan) == GPT2_OK && plan.warning[0])
+            fprintf(stderr, "gpt2 generate: warning: %s\n", plan.warning);
+        if (st == GPT2_OK && failed) st = gpt2_fail(&err, GPT2_ERR_ABORTED, "generation aborted by the caller");
         if (a.prompt) printf("\n");
         if (st != GPT2_OK && !b.write_failed) cli_report("generate", &err);
         if (g_cancel) fprintf(stderr, "\ngpt2 generate: interrupted; finished records are written, run again "
@@ -906,7 +937,8 @@ out:
         rc = 1;
     }
     if (rc == 0 && fflush(stdout) != 0) rc = 1;
-    gpt2_backend_free(be);
+    gpt2_engine_destroy(e);
+    free(users);
     free_jobs(&b);
     free(reqs);
     free(text);

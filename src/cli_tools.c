@@ -6,6 +6,17 @@
 #include "npy.h"
 #include "util.h"
 
+gpt2_engine_opts cli_engine_opts(const cli_common *c) {
+    gpt2_engine_opts o = gpt2_engine_opts_default();
+    o.device = c->device;
+    o.dtype = c->dtype;
+    o.allow_tf32 = c->allow_tf32;
+    o.n_threads = c->threads;
+    o.tokenizer_dir = c->tokenizer_dir;
+    o.cuda_graphs = !c->no_cuda_graphs; /* GPT2_CUDA_GRAPHS=0, read by cli_common_init */
+    return o;
+}
+
 enum { OPT_FILE = 2000, OPT_NO_SPECIAL, OPT_PROMPT, OPT_IDS, OPT_OUT };
 
 typedef struct {
@@ -120,7 +131,7 @@ int cmd_logits(int argc, char **argv) {
     if (a.ids && cli_parse_ids("logits", a.ids, &ids, &T)) return EXIT_USAGE;
     gpt2_model *m = NULL;
     gpt2_tokenizer *tok = NULL;
-    gpt2_backend *be = NULL;
+    gpt2_engine *e = NULL;
     float *logits = NULL;
     gpt2_error err = {0};
     rc = 1;
@@ -141,27 +152,20 @@ int cmd_logits(int argc, char **argv) {
             goto out;
         }
     /* One sequence; prefill in pieces of at most 512 tokens so the logits buffer stays small. */
-    int piece = T < 512 ? (int)T : 512;
-    gpt2_backend_opts o = {.max_slots = 1, .max_seq = (int)T, .max_tokens = piece, .all_logits = 1,
-                           .dtype = c.dtype, .allow_tf32 = c.allow_tf32, .n_threads = c.threads,
-                           .no_cuda_graphs = c.no_cuda_graphs};
+    gpt2_engine_opts o = cli_engine_opts(&c);
+    o.max_slots = 1;
+    o.max_seq = (int)T;
+    o.max_tokens = T < 512 ? (int)T : 512;
+    o.logits = 1;
     size_t bytes;
     if (gpt2_mul3_size(T, (size_t)V, sizeof(float), &bytes) || !(logits = malloc(bytes))) {
         fprintf(stderr, "gpt2 logits: cannot allocate %zu x %d logits\n", T, V);
         goto out;
     }
-    if (gpt2_backend_create(c.device, m, &o, &be, &err) != GPT2_OK) {
+    if (gpt2_engine_create_from(m, tok, &o, &e, &err) != GPT2_OK ||
+        gpt2_engine_logits(e, ids, (int)T, logits, &err) != GPT2_OK) {
         cli_report("logits", &err);
         goto out;
-    }
-    for (int pos = 0; pos < (int)T; pos += piece) {
-        int n = (int)T - pos < piece ? (int)T - pos : piece;
-        gpt2_chunk ch = {.slot = 0, .pos = pos, .n = n, .tokens = ids + pos};
-        if (be->forward(be, &ch, 1, 1, &err) != GPT2_OK ||
-            be->read_logits(be, logits + (size_t)pos * V, n, &err) != GPT2_OK) {
-            cli_report("logits", &err);
-            goto out;
-        }
     }
     if (gpt2_npy_write(a.out, logits, T, (size_t)V, &err) != GPT2_OK) {
         cli_report("logits", &err);
@@ -169,7 +173,7 @@ int cmd_logits(int argc, char **argv) {
     }
     rc = 0;
 out:
-    gpt2_backend_free(be);
+    gpt2_engine_destroy(e);
     gpt2_model_free(m);
     gpt2_tokenizer_free(tok);
     free(ids);

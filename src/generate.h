@@ -1,7 +1,6 @@
-/* generate.h: the scheduler. Continuous batching over a backend's KV-cache slots: requests are prefilled
- * into free slots (long prompts in pieces), every active slot decodes one token per step, and a slot
- * freed by a finished request takes the next request at once, so the batch stays full until the
- * input runs out. Backend-agnostic: it only calls forward and sample. */
+/* generate.h (private): a fixed list of requests run to completion through the engine's scheduler
+ * (generate.c) over a caller's backend. The tests use it to drive one scheduler over backends made
+ * with particular options; programs use the public engine API in gpt2.h. */
 #ifndef GPT2_GENERATE_H
 #define GPT2_GENERATE_H
 
@@ -10,18 +9,6 @@
 #include "backend.h"
 #include "gpt2.h"
 #include "sampler.h"
-
-typedef struct {
-    const int *prompt; /* (n_prompt) token ids, n_prompt >= 1 */
-    int n_prompt;
-    int max_tokens;    /* most tokens to generate, >= 0 */
-    gpt2_sampling sampling;
-    const char *const *stop; /* (n_stop) NUL-terminated stop strings, may be NULL */
-    int n_stop;
-} gpt2_request;
-
-typedef enum { GPT2_FINISH_LENGTH = 0, GPT2_FINISH_STOP } gpt2_finish;
-const char *gpt2_finish_name(gpt2_finish f); /* "length" | "stop" */
 
 typedef struct {
     void *user;
@@ -42,10 +29,12 @@ typedef struct {
     volatile sig_atomic_t *cancel;
 } gpt2_gen_callbacks;
 
-/* Runs every request to completion, calling back as tokens and requests finish. eot is the
- * end-of-text id (-1: none). Requests whose prompt + 1 exceeds the backend's max_seq are refused
- * up front with GPT2_ERR_LIMIT naming the request; generation stops at max_seq with "length". */
-gpt2_status gpt2_generate(gpt2_backend *be, const gpt2_tokenizer *tok, int eot, const gpt2_request *reqs,
-                          int n_reqs, const gpt2_gen_callbacks *cb, gpt2_error *err);
+/* Runs every request (token-id prompts; their on_event and user are replaced) to completion, calling
+ * back as text and requests finish. eot is the end-of-text id (-1: none). Requests whose prompt + 1
+ * exceeds the backend's max_seq are refused up front with GPT2_ERR_LIMIT naming the request;
+ * generation stops at max_seq with "length". A callback's nonzero return ends it with
+ * GPT2_ERR_ABORTED. */
+gpt2_status gpt2_generate(gpt2_backend *be, gpt2_tokenizer *tok, int eot, const gpt2_request *reqs, int n_reqs,
+                          const gpt2_gen_callbacks *cb, gpt2_error *err);
 
 #endif /* GPT2_GENERATE_H */

@@ -1,13 +1,24 @@
-/* ops_cpu.c: the CPU reference ops (float32, OpenMP across cores, no fast-math). */
+/* ops_cpu.c: the CPU ops (float32, OpenMP across cores, no fast-math): the reference ops, the
+ * instruction-set instances of the fast kernels (ops_cpu_simd.inc) and their dispatch. */
 #include "ops_cpu.h"
 
+#include <cpuid.h>
+#include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#if !defined(__x86_64__)
+#error "the fast CPU kernels are written for x86-64 (SSE2 / AVX2 / AVX-512)"
+#endif
+
+/* The team size of an op's parallel regions: nt, or the OpenMP default (read, never set). */
+static int team(int nt) { return nt > 0 ? nt : omp_get_max_threads(); }
+
 void encoder_forward_cpu(float *out, const int *tokens, const int *pos, const float *wte, const float *wpe,
-                         int N, int C) {
-#pragma omp parallel for if (N > 16)
+                         int N, int C, int nt) {
+#pragma omp parallel for if (N > 16) num_threads(team(nt))
     for (int n = 0; n < N; n++) {
         const float *te = wte + (size_t)tokens[n] * C;
         const float *pe = wpe + (size_t)pos[n] * C;
@@ -17,8 +28,8 @@ void encoder_forward_cpu(float *out, const int *tokens, const int *pos, const fl
 }
 
 void layernorm_forward_cpu(float *out, const float *inp, const float *w, const float *b, int N, int C,
-                           float eps) {
-#pragma omp parallel for if (N > 16)
+                           float eps, int nt) {
+#pragma omp parallel for if (N > 16) num_threads(team(nt))
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float *o = out + (size_t)n * C;
@@ -36,15 +47,15 @@ void layernorm_forward_cpu(float *out, const float *inp, const float *w, const f
     }
 }
 
-/* Output columns go in blocks and rows in groups, so that each (row group, column block) task
- * accumulates into a small local array while streaming rows of w, which are contiguous in the
- * [in, out] layout; a group of rows shares each pass over w. Each output element is the same
- * sequence of float operations whatever N is, so a row's result does not depend on the batch. */
+/* The reference matmul (the engine uses matmul_packed_isa). Output columns go in blocks and rows in
+ * groups, so that each (row group, column block) task accumulates into a small local array while
+ * streaming rows of w, which are contiguous in the [in, out] layout. */
 enum { MM_BLOCK = 64, MM_ROWS = 4 };
 
-void matmul_forward_cpu(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+void matmul_forward_cpu(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC,
+                        int nt) {
     int nblocks = (OC + MM_BLOCK - 1) / MM_BLOCK, ngroups = (N + MM_ROWS - 1) / MM_ROWS;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(team(nt))
     for (int g = 0; g < ngroups; g++) {
         for (int blk = 0; blk < nblocks; blk++) {
             int n0 = g * MM_ROWS, rows = N - n0 < MM_ROWS ? N - n0 : MM_ROWS;
@@ -78,25 +89,25 @@ static float dot(const float *a, const float *b, int n) {
     return s;
 }
 
-void matmul_nt_forward_cpu(float *out, const float *inp, const float *w, int N, int C, int OC) {
-#pragma omp parallel for schedule(static)
+void matmul_nt_forward_cpu(float *out, const float *inp, const float *w, int N, int C, int OC, int nt) {
+#pragma omp parallel for schedule(static) num_threads(team(nt))
     for (int o = 0; o < OC; o++) {
         const float *wr = w + (size_t)o * C;
         for (int n = 0; n < N; n++) out[(size_t)n * OC + o] = dot(inp + (size_t)n * C, wr, C);
     }
 }
 
-void gelu_forward_cpu(float *out, const float *inp, size_t n) {
+void gelu_forward_cpu(float *out, const float *inp, size_t n, int nt) {
     const float s = 0.7978845608028654f; /* sqrt(2 / pi) */
-#pragma omp parallel for if (n > 65536)
+#pragma omp parallel for if (n > 65536) num_threads(team(nt))
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + tanhf(s * (x + 0.044715f * x * x * x)));
     }
 }
 
-void residual_forward_cpu(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for if (n > 65536)
+void residual_forward_cpu(float *out, const float *a, const float *b, size_t n, int nt) {
+#pragma omp parallel for if (n > 65536) num_threads(team(nt))
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
@@ -113,11 +124,40 @@ void kv_append_cpu(float *kcache, float *vcache, const float *qkv, int pos, int 
     }
 }
 
-int attention_forward_cpu(float *out, const float *q, int q_stride, const float *kcache, const float *vcache,
-                          int pos, int T, int NH, int HS, int maxT) {
+/* One query of one head against keys and values 0..len-1: scores scaled by `scale`, softmax with the
+ * max subtracted (sum in double), then the weighted sum of the values.
+ *   o (HS), qv (HS), kh (len, HS), vh (len, HS), att (len) scratch */
+typedef void attn_query_fn(float *o, const float *qv, const float *kh, const float *vh, int len, int HS, float scale,
+                           float *att);
+
+static void attn_query_ref(float *o, const float *qv, const float *kh, const float *vh, int len, int HS, float scale,
+                           float *att) {
+    float mx = -INFINITY;
+    for (int j = 0; j < len; j++) {
+        float s = dot(qv, kh + (size_t)j * HS, HS) * scale;
+        att[j] = s;
+        if (s > mx) mx = s;
+    }
+    double sum = 0.0;
+    for (int j = 0; j < len; j++) {
+        att[j] = expf(att[j] - mx);
+        sum += att[j];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int d = 0; d < HS; d++) o[d] = 0.0f;
+    for (int j = 0; j < len; j++) {
+        float p = att[j] * inv;
+        const float *vv = vh + (size_t)j * HS;
+        for (int d = 0; d < HS; d++) o[d] += p * vv[d];
+    }
+}
+
+/* The (head, query) loop shared by the reference and the fast attention. */
+static int attention_run(attn_query_fn *query, float *out, const float *q, int q_stride, const float *kcache,
+                         const float *vcache, int pos, int T, int NH, int HS, int maxT, int nt) {
     int C = NH * HS, failed = 0;
     float scale = 1.0f / sqrtf((float)HS);
-#pragma omp parallel
+#pragma omp parallel num_threads(team(nt))
     {
         float *att = malloc(sizeof(float) * (size_t)(pos + T)); /* (pos+T) scores of one query */
         if (!att) {
@@ -128,32 +168,214 @@ int attention_forward_cpu(float *out, const float *q, int q_stride, const float 
         for (int h = 0; h < NH; h++) {
             for (int t = 0; t < T; t++) {
                 if (!att) continue;
-                const float *qv = q + (size_t)t * q_stride + (size_t)h * HS;
-                const float *kh = kcache + (size_t)h * maxT * HS;
-                const float *vh = vcache + (size_t)h * maxT * HS;
-                int len = pos + t + 1; /* causal: keys 0 .. pos+t */
-                float mx = -INFINITY;
-                for (int j = 0; j < len; j++) {
-                    float s = dot(qv, kh + (size_t)j * HS, HS) * scale;
-                    att[j] = s;
-                    if (s > mx) mx = s;
-                }
-                double sum = 0.0;
-                for (int j = 0; j < len; j++) {
-                    att[j] = expf(att[j] - mx);
-                    sum += att[j];
-                }
-                float inv = (float)(1.0 / sum);
-                float *o = out + (size_t)t * C + (size_t)h * HS;
-                for (int d = 0; d < HS; d++) o[d] = 0.0f;
-                for (int j = 0; j < len; j++) {
-                    float p = att[j] * inv;
-                    const float *vv = vh + (size_t)j * HS;
-                    for (int d = 0; d < HS; d++) o[d] += p * vv[d];
-                }
+                /* causal: query t sees keys 0 .. pos+t */
+                query(out + (size_t)t * C + (size_t)h * HS, q + (size_t)t * q_stride + (size_t)h * HS,
+                      kcache + (size_t)h * maxT * HS, vcache + (size_t)h * maxT * HS, pos + t + 1, HS, scale, att);
             }
         }
         free(att);
     }
     return failed ? -1 : 0;
+}
+
+int attention_forward_cpu(float *out, const float *q, int q_stride, const float *kcache, const float *vcache,
+                          int pos, int T, int NH, int HS, int maxT, int nt) {
+    return attention_run(attn_query_ref, out, q, q_stride, kcache, vcache, pos, T, NH, HS, maxT, nt);
+}
+
+/* ---- 16-bit conversions (round to nearest even; NaN stays NaN, overflow goes to infinity) ---- */
+
+static uint32_t f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float bits_f32(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+uint16_t cpu_f32_to_bf16(float x) {
+    uint32_t u = f32_bits(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float cpu_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t cpu_f32_to_f16(float x) {
+    uint32_t u = f32_bits(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: infinity */
+    if (a < 0x38800000u) {                                   /* below 2^-14: a half subnormal (or 0) */
+        /* the value in units of 2^-24, rounded to nearest even */
+        if (a < 0x33000000u) return (uint16_t)sign;           /* below 2^-25: rounds to zero */
+        uint32_t m = (a & 0x7fffffu) | 0x800000u;             /* 24-bit significand */
+        int shift = 126 - (int)(a >> 23);                      /* 14 .. 24 */
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1u))) q++;
+        return (uint16_t)(sign | q);
+    }
+    /* normal: rebias the exponent (127 -> 15) and round 23 -> 10 fraction bits */
+    uint32_t r = a - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+float cpu_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, f = h & 0x3ffu;
+    if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (f << 13)); /* inf / NaN */
+    if (e == 0) {                                                    /* zero or subnormal: f x 2^-24 */
+        float v = (float)f * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((e + 112u) << 23) | (f << 13));
+}
+
+/* ---- instances of the fast kernels ---- */
+
+/* k block of the matmul tiles: 256 rows of a fp32 panel are 16 KiB, half of L1. */
+enum { MM_KC = 256 };
+
+#define ISA_SUFFIX sse2
+#define ISA_TARGET
+#define VW 4
+#define MR 3
+#include "ops_cpu_simd.inc"
+#undef ISA_SUFFIX
+#undef ISA_TARGET
+#undef VW
+#undef MR
+
+#define ISA_SUFFIX avx2
+#define ISA_TARGET __attribute__((target("avx2,fma,f16c")))
+#define VW 8
+#define MR 6
+#include "ops_cpu_simd.inc"
+#undef ISA_SUFFIX
+#undef ISA_TARGET
+#undef VW
+#undef MR
+
+#define ISA_SUFFIX avx512
+#define ISA_TARGET __attribute__((target("avx512f,avx2,fma,f16c")))
+#define VW 16
+#define MR 12
+#include "ops_cpu_simd.inc"
+#undef ISA_SUFFIX
+#undef ISA_TARGET
+#undef VW
+#undef MR
+
+typedef struct {
+    const char *name;
+    void (*mm_panel)(float *out, const float *inp, const cpu_packed *w, const float *bias, int n0, int n1, int p);
+    attn_query_fn *attn_query;
+    void (*gelu_span)(float *out, const float *inp, size_t n);
+    int mr; /* rows per register tile */
+} isa_kernels;
+
+static const isa_kernels isa_table[CPU_ISA_COUNT] = {
+    [CPU_ISA_SSE2] = {"sse2", mm_panel_sse2, attn_query_sse2, gelu_span_sse2, 3},
+    [CPU_ISA_AVX2] = {"avx2", mm_panel_avx2, attn_query_avx2, gelu_span_avx2, 6},
+    [CPU_ISA_AVX512] = {"avx512", mm_panel_avx512, attn_query_avx512, gelu_span_avx512, 12},
+};
+
+const char *cpu_isa_name(cpu_isa isa) { return (unsigned)isa < CPU_ISA_COUNT ? isa_table[isa].name : "?"; }
+
+/* F16C from cpuid leaf 1 (clang's __builtin_cpu_supports does not know "f16c"; the AVX checks below
+ * already include the operating system's support for the vector registers). */
+static int have_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
+int cpu_isa_supported(cpu_isa isa) {
+    __builtin_cpu_init();
+    switch (isa) {
+    case CPU_ISA_SSE2: return 1; /* the x86-64 baseline */
+    case CPU_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
+    case CPU_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma") && have_f16c();
+    default: return 0;
+    }
+}
+
+cpu_isa cpu_isa_best(void) {
+    for (int i = CPU_ISA_COUNT - 1; i > 0; i--)
+        if (cpu_isa_supported((cpu_isa)i)) return (cpu_isa)i;
+    return CPU_ISA_SSE2;
+}
+
+/* ---- packed matmul ---- */
+
+size_t cpu_packed_elems(int K, int OC) {
+    size_t panels = ((size_t)OC + PACK_NR - 1) / PACK_NR, n;
+    if (K < 0 || OC < 0 || __builtin_mul_overflow(panels, (size_t)K * PACK_NR, &n)) return 0;
+    return n;
+}
+
+/* Element i of p->data = v, converted to p->wt. */
+static void pack_store(cpu_packed *p, size_t i, float v) {
+    if (p->wt == CPU_W_F32) ((float *)p->data)[i] = v;
+    else if (p->wt == CPU_W_BF16) ((uint16_t *)p->data)[i] = cpu_f32_to_bf16(v);
+    else ((uint16_t *)p->data)[i] = cpu_f32_to_f16(v);
+}
+
+void cpu_pack(cpu_packed *p, const float *w, int transposed, int nt) {
+    const int K = p->K, OC = p->OC, panels = (OC + PACK_NR - 1) / PACK_NR;
+    /* the loops follow the source's contiguous axis: k for (OC, K), the column for (K, OC) */
+#pragma omp parallel for schedule(static) num_threads(team(nt))
+    for (int q = 0; q < panels; q++) {
+        size_t base = (size_t)q * K * PACK_NR;
+        if (transposed) {
+            for (int j = 0; j < PACK_NR; j++) {
+                int col = q * PACK_NR + j;
+                for (int k = 0; k < K; k++)
+                    pack_store(p, base + (size_t)k * PACK_NR + j, col < OC ? w[(size_t)col * K + k] : 0.0f);
+            }
+        } else {
+            for (int k = 0; k < K; k++)
+                for (int j = 0; j < PACK_NR; j++) {
+                    int col = q * PACK_NR + j;
+                    pack_store(p, base + (size_t)k * PACK_NR + j, col < OC ? w[(size_t)k * OC + col] : 0.0f);
+                }
+        }
+    }
+}
+
+/* Rows go in blocks whose inputs stay in the per-core cache (L2) while every panel streams past
+ * them; a decode step (one block) reads each weight once, in runs of contiguous panels. The runs are
+ * handed out dynamically, about 8 per thread, so that a thread descheduled on a shared machine does
+ * not hold back the others at the end of the loop. */
+void matmul_packed_isa(cpu_isa isa, float *out, const float *inp, const cpu_packed *w, const float *bias, int N,
+                       int nt) {
+    const isa_kernels *ki = &isa_table[isa];
+    const int panels = (w->OC + PACK_NR - 1) / PACK_NR;
+    int block = (256 << 10) / (int)sizeof(float) / (w->K > 0 ? w->K : 1); /* rows of inputs in 256 KiB */
+    block = block < ki->mr ? ki->mr : block - block % ki->mr;
+    const int threads = team(nt), run = (panels + 8 * threads - 1) / (8 * threads);
+#pragma omp parallel num_threads(threads)
+    for (int n0 = 0; n0 < N; n0 += block) {
+        int n1 = N - n0 < block ? N : n0 + block;
+#pragma omp for schedule(dynamic, run) nowait
+        for (int p = 0; p < panels; p++) ki->mm_panel(out, inp, w, bias, n0, n1, p);
+    }
+}
+
+int attention_forward_isa(cpu_isa isa, float *out, const float *q, int q_stride, const float *kcache,
+                          const float *vcache, int pos, int T, int NH, int HS, int maxT, int nt) {
+    return attention_run(isa_table[isa].attn_query, out, q, q_stride, kcache, vcache, pos, T, NH, HS, maxT, nt);
+}
+
+void gelu_forward_isa(cpu_isa isa, float *out, const float *inp, size_t n, int nt) {
+    enum { SPAN = 16384 }; /* floats per task, a multiple of every vector width */
+    const isa_kernels *ki = &isa_table[isa];
+    size_t spans = (n + SPAN - 1) / SPAN;
+#pragma omp parallel for schedule(static) if (spans > 1) num_threads(team(nt))
+    for (size_t i = 0; i < spans; i++) ki->gelu_span(out + i * SPAN, inp + i * SPAN, n - i * SPAN < SPAN ? n - i * SPAN : SPAN);
 }

@@ -152,3 +152,12 @@ int gpt2_sample_row(float *logits, int V, const gpt2_sample_req *r, gpt2_sample_
     }
     return s->idx[n - 1];
 }
+
+float gpt2_logprob_row(const float *logits, int V, int token) {
+    float mx = logits[0];
+    for (int i = 1; i < V; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - (double)mx);
+    return (float)((double)logits[token] - (double)mx - log(sum));
+}

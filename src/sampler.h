@@ -12,18 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct {
-    float temperature;        /* 0 = greedy; > 0 */
-    int top_k;                /* 0 = off */
-    float top_p;              /* (0, 1]; 1 = off */
-    float repetition_penalty; /* 1 = off; > 0 */
-    float frequency_penalty;  /* 0 = off */
-    float presence_penalty;   /* 0 = off */
-    uint64_t seed;
-} gpt2_sampling;
+#include "gpt2.h"
 
-/* Defaults: greedy, no filters, no penalties, seed 0. */
-gpt2_sampling gpt2_sampling_default(void);
+/* gpt2_sampling and gpt2_sampling_default are public: see gpt2.h. */
 
 typedef struct {
     const gpt2_sampling *p;
@@ -53,5 +44,8 @@ enum { GPT2_SAMPLE_NONFINITE = -1 };
 /* Applies penalties and temperature to logits in place (V floats) and returns the chosen token, or
  * GPT2_SAMPLE_NONFINITE. Temperature scaling is (l - max l) / T, finite for every T > 0. */
 int gpt2_sample_row(float *logits, int n_vocab, const gpt2_sample_req *r, gpt2_sample_scratch *s);
+
+/* log_softmax(logits)[token] over n_vocab raw logits, in double with the maximum subtracted. */
+float gpt2_logprob_row(const float *logits, int n_vocab, int token);
 
 #endif /* GPT2_SAMPLER_H */

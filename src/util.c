@@ -7,22 +7,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-const char *gpt2_strerror(gpt2_status s) {
-    switch (s) {
-    case GPT2_OK: return "ok";
-    case GPT2_ERR_ARG: return "invalid argument";
-    case GPT2_ERR_IO: return "input/output error";
-    case GPT2_ERR_FORMAT: return "malformed file";
-    case GPT2_ERR_CONFIG: return "unsupported model configuration";
-    case GPT2_ERR_NOMEM: return "out of host memory";
-    case GPT2_ERR_DEVICE: return "GPU error";
-    case GPT2_ERR_DEVICE_MEM: return "does not fit in GPU memory";
-    case GPT2_ERR_UNSUPPORTED: return "unsupported";
-    case GPT2_ERR_LIMIT: return "limit exceeded";
-    }
-    return "unknown status";
-}
-
 gpt2_status gpt2_fail(gpt2_error *err, gpt2_status s, const char *fmt, ...) {
     if (err) {
         va_list ap;

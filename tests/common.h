@@ -52,6 +52,18 @@ float *full_logits(const gpt2_model *m, const int *ids, int T);
 uint64_t trand(uint64_t *s);
 float trand_float(uint64_t *s); /* uniform in [-1, 1) */
 
+/* Per-test cleanup. A failed assertion ends a test at once, so what a test frees at its end would
+ * leak (and LeakSanitizer would report it); instead a test hands its buffers, models and engines to
+ * test_keep, and the suite's .fini (test_cleanup) frees them in reverse order however the test ended:
+ *     TestSuite(name, .fini = test_cleanup);
+ *     float *x = test_keep(malloc(n), free);
+ * test_keep asserts p != NULL (an allocation failure fails the test) and returns p. */
+void *test_keep_fn(void *p, void (*fn)(void *));
+#define test_keep(p, fn) test_keep_fn((p), (void (*)(void *))(fn))
+void test_cleanup(void);
+/* calloc that asserts and is freed by test_cleanup. */
+void *test_calloc(size_t n, size_t size);
+
 /* Path of the CLI under test ($GPT2_BIN, default build/gpt2). */
 const char *cli_bin(void);
 

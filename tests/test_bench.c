@@ -18,18 +18,22 @@ static void make_tmp(void) {
 }
 
 static void rm_tmp(void) {
+    test_cleanup();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     cr_assert_eq(system(cmd), 0);
 }
 
+/* Buffers go to test_keep, freed by test_cleanup in .fini however the test ended. */
 TestSuite(bench, .init = make_tmp, .fini = rm_tmp);
 
 /* Runs `gpt2 bench ARGS`; *out gets stdout, or stderr alone when want_stderr. Returns the exit status. */
 static int run_bench(const char *args, int want_stderr, char **out) {
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "%s bench %s %s", cli_bin(), args, want_stderr ? "2>&1 >/dev/null" : "2>/dev/null");
-    return run_capture(cmd, out);
+    int rc = run_capture(cmd, out);
+    if (out) test_keep(*out, free);
+    return rc;
 }
 
 /* Bad option values: exit 2 and a message on stderr that names the option. */
@@ -38,7 +42,6 @@ static void expect_usage_error(const char *args, const char *names) {
     int rc = run_bench(args, 1, &err);
     cr_expect_eq(rc, 2, "`bench %s`: exit %d, want 2 (stderr: %s)", args, rc, err);
     cr_expect(strstr(err, names), "`bench %s`: stderr does not name %s: %s", args, names, err);
-    free(err);
 }
 
 Test(bench, bad_options_exit_2_naming_the_option) {
@@ -88,10 +91,8 @@ Test(bench, unwritable_json_and_missing_model_exit_1) {
     cr_expect_eq(run_bench("--model " SMALL " --device cpu --batch 1 --prompt-len 2 --gen-len 2 --json "
                            "/nonexistent-dir/out.json", 1, &err), 1);
     cr_expect(strstr(err, "/nonexistent-dir/out.json"), "%s", err);
-    free(err);
     cr_expect_eq(run_bench("--model /nonexistent-model --device cpu", 1, &err), 1);
     cr_expect(strstr(err, "/nonexistent-model"), "%s", err);
-    free(err);
 }
 
 static double num(json_t *o, const char *key) {
@@ -108,11 +109,11 @@ Test(bench, cpu_run_writes_table_and_json) {
     int rc = run_bench(args, 0, &out);
     cr_assert_eq(rc, 0, "bench exited %d", rc);
     cr_expect(strstr(out, "prefill tok/s") && strstr(out, "decode tok/s"), "no table on stdout: %s", out);
-    free(out);
 
     json_error_t e;
     json_t *root = json_load_file(path, 0, &e);
     cr_assert(root, "%s: %s (line %d)", path, e.text, e.line);
+    test_keep(root, json_decref);
     cr_expect_str_eq(json_string_value(json_object_get(root, "device")), "cpu");
     cr_expect_str_eq(json_string_value(json_object_get(root, "dtype")), "fp32");
     cr_expect(json_is_null(json_object_get(root, "error")));
@@ -139,7 +140,8 @@ Test(bench, cpu_run_writes_table_and_json) {
         cr_expect_float_eq(num(r, "e2e_tok_s") * num(r, "e2e_s"), B * 4, 1e-6);
         cr_expect(num(r, "decode_step_ms_p90") >= num(r, "decode_step_ms_median"));
         cr_expect(num(r, "e2e_s") >= num(r, "prefill_s") + num(r, "decode_s"));
-        cr_expect(json_is_null(json_object_get(r, "device_mem_after_mib")), "no device memory on the CPU");
+        cr_expect(json_is_null(json_object_get(r, "device_mem_mib")), "no device memory on the CPU");
+        cr_expect_eq(num(r, "decode_tokens"), B * 3, "one-step prefill: every decode step makes B tokens");
         json_t *seq0 = json_object_get(r, "seq0_tokens");
         cr_assert(json_is_array(seq0) && json_array_size(seq0) == 4);
         for (size_t t = 0; t < 4; t++) {
@@ -147,14 +149,13 @@ Test(bench, cpu_run_writes_table_and_json) {
             cr_expect(id >= 0 && id < 1000, "seq0 token %zu = %lld", t, (long long)id);
         }
     }
-    json_decref(root);
 }
 
 /* The bench's own generation loop (prefill packed into forwards of --max-tokens, first token sampled
  * from the prefill, then decode steps) gives transformers' greedy tokens. Sequence 0 and sequence 1
  * have different prompts, so a mix-up of logits rows between them shows. */
 Test(bench, generation_matches_transformers_greedy) {
-    json_t *g = golden_load("small");
+    json_t *g = test_keep(golden_load("small"), json_decref);
     json_t *cases = json_object_get(g, "cases");
     json_t *c31 = NULL, *c116 = NULL;
     for (size_t i = 0; i < json_array_size(cases); i++) {
@@ -164,9 +165,9 @@ Test(bench, generation_matches_transformers_greedy) {
     }
     cr_assert(c31 && c116, "golden.json of small lacks its 31- and 116-token cases");
     int n_ids, n_other, n_want;
-    int *ids = json_ints(json_object_get(c31, "ids"), &n_ids);
-    int *other = json_ints(json_object_get(c116, "ids"), &n_other);
-    int *want = json_ints(json_object_get(c31, "greedy"), &n_want);
+    int *ids = test_keep(json_ints(json_object_get(c31, "ids"), &n_ids), free);
+    int *other = test_keep(json_ints(json_object_get(c116, "ids"), &n_other), free);
+    int *want = test_keep(json_ints(json_object_get(c31, "greedy"), &n_want), free);
     cr_assert(n_want >= 2 && 31 + n_want <= 128);
 
     char path[128], json_path[128], args[768];
@@ -190,22 +191,17 @@ Test(bench, generation_matches_transformers_greedy) {
         json_error_t e;
         json_t *root = json_load_file(json_path, 0, &e);
         cr_assert(root, "%s: %s", json_path, e.text);
+        test_keep(root, json_decref);
         cr_expect_str_eq(json_string_value(json_object_get(root, "prompts")), path);
         json_t *res = json_object_get(root, "results");
         cr_assert_eq(json_array_size(res), 2);
         for (size_t i = 0; i < 2; i++) {
             int n_got;
-            int *got = json_ints(json_object_get(json_array_get(res, i), "seq0_tokens"), &n_got);
+            int *got = test_keep(json_ints(json_object_get(json_array_get(res, i), "seq0_tokens"), &n_got), free);
             cr_assert_eq(n_got, n_want);
             for (int t = 0; t < n_want; t++)
                 cr_expect_eq(got[t], want[t], "max_tokens %d, batch %zu: token %d is %d, transformers %d",
                              max_tokens[k], i + 1, t, got[t], want[t]);
-            free(got);
         }
-        json_decref(root);
     }
-    free(ids);
-    free(other);
-    free(want);
-    json_decref(g);
 }

@@ -176,6 +176,41 @@ void check_golden_greedy(const char *name, backend_maker make, const char *label
     gpt2_model_free(m);
 }
 
+typedef struct {
+    void *p;
+    void (*fn)(void *);
+} kept;
+static kept *g_kept;
+static size_t g_n_kept, g_cap_kept;
+
+void *test_keep_fn(void *p, void (*fn)(void *)) {
+    cr_assert(p != NULL, "allocation failed");
+    if (g_n_kept == g_cap_kept) {
+        size_t cap = g_cap_kept ? g_cap_kept * 2 : 32;
+        kept *k = realloc(g_kept, cap * sizeof *k);
+        if (!k) {
+            fn(p);
+            cr_assert_fail("out of memory for the cleanup list");
+        }
+        g_kept = k;
+        g_cap_kept = cap;
+    }
+    g_kept[g_n_kept++] = (kept){p, fn};
+    return p;
+}
+
+void test_cleanup(void) {
+    while (g_n_kept > 0) {
+        kept *k = &g_kept[--g_n_kept];
+        k->fn(k->p);
+    }
+    free(g_kept);
+    g_kept = NULL;
+    g_cap_kept = 0;
+}
+
+void *test_calloc(size_t n, size_t size) { return test_keep(calloc(n ? n : 1, size ? size : 1), free); }
+
 uint64_t trand(uint64_t *s) {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

@@ -219,7 +219,7 @@ Test(cuda_kernels, encoder_matches_cpu) {
             CK(encoder_forward_cuda(d_out, d_tok, d_pos, d_wte, d_wpe, N, C, V, maxT, dt, 0));
             SYNC();
             float *got = host_from_dev(d_out, (size_t)N * C, dt), *ref = malloc(sizeof(float) * N * C);
-            encoder_forward_cpu(ref, tok, pos, wte, wpe, N, C);
+            encoder_forward_cpu(ref, tok, pos, wte, wpe, N, C, 0);
             char what[96];
             snprintf(what, sizeof what, "encoder N=%d C=%d %s", N, C, dtype_name(dt));
             assert_close(got, ref, (size_t)N * C, tol_for(dt, 1e-6, 1e-6), what);
@@ -261,7 +261,7 @@ Test(cuda_kernels, layernorm_matches_cpu) {
             CK(layernorm_forward_cuda(d_out, d_inp, d_w, d_b, N, C, 1e-5f, dt, 0));
             SYNC();
             float *got = host_from_dev(d_out, (size_t)N * C, dt), *ref = malloc(sizeof(float) * N * C);
-            layernorm_forward_cpu(ref, inp, w, b, N, C, 1e-5f);
+            layernorm_forward_cpu(ref, inp, w, b, N, C, 1e-5f, 0);
             char what[96];
             snprintf(what, sizeof what, "layernorm N=%d C=%d %s", N, C, dtype_name(dt));
             assert_close(got, ref, (size_t)N * C, tol_for(dt, 2e-5, 2e-5), what);
@@ -314,7 +314,7 @@ Test(cuda_kernels, residual_layernorm_matches_cpu) {
                 /* one rounding of an O(1) sum */
                 assert_close(got_resid, ref, (size_t)N * C, tol_for(dt, 1e-6, 1e-6), what);
                 float *full = malloc(sizeof(float) * N * C);
-                layernorm_forward_cpu(full, got_resid, w, b, N, C, 1e-5f);
+                layernorm_forward_cpu(full, got_resid, w, b, N, C, 1e-5f, 0);
                 float *got = host_from_dev(d_out, (size_t)R * C, dt);
                 for (int n = 0; n < N; n++)
                     if (rows[n] >= 0)
@@ -358,7 +358,7 @@ Test(cuda_kernels, gelu_bias_matches_cpu) {
                 SYNC();
                 float *pre = malloc(sizeof(float) * n), *ref = malloc(sizeof(float) * n);
                 for (size_t i = 0; i < n; i++) pre[i] = inp[i] + (variant == 0 ? bias[i % OC] : 0.0f);
-                gelu_forward_cpu(ref, pre, n);
+                gelu_forward_cpu(ref, pre, n, 0);
                 float *got = host_from_dev(d_out, n, dt);
                 char what[96];
                 snprintf(what, sizeof what, "gelu N=%d OC=%d %s variant %d", N, OC, dtype_name(dt), variant);
@@ -419,11 +419,11 @@ Test(cuda_kernels, gemv_matches_cpu) {
                 cr_assert(in && ref);
                 memcpy(in, x, sizeof(float) * (size_t)M * K);
                 if (variant == 3) {
-                    layernorm_forward_cpu(in, x, lnw, lnb, M, K, 1e-5f);
+                    layernorm_forward_cpu(in, x, lnw, lnb, M, K, 1e-5f, 0);
                     round_to_dtype(in, (size_t)M * K, dt); /* the layernorm output is stored in T */
                 }
-                matmul_forward_cpu(ref, in, w, with_bias ? bias : NULL, M, K, OC);
-                if (gelu) gelu_forward_cpu(ref, ref, (size_t)M * OC);
+                matmul_forward_cpu(ref, in, w, with_bias ? bias : NULL, M, K, OC, 0);
+                if (gelu) gelu_forward_cpu(ref, ref, (size_t)M * OC, 0);
                 if (variant == 4)
                     for (size_t e = 0; e < (size_t)M * OC; e++) ref[e] += resid[e];
                 float *got = host_from_dev(variant == 4 ? d_resid : d_out, (size_t)M * OC, dt);
@@ -503,10 +503,10 @@ Test(cuda_kernels, gemv_nt_matches_cpu) {
                 cr_assert(in && ref);
                 memcpy(in, x, sizeof(float) * (size_t)M * K);
                 if (ln) {
-                    layernorm_forward_cpu(in, x, lnw, lnb, M, K, 1e-5f);
+                    layernorm_forward_cpu(in, x, lnw, lnb, M, K, 1e-5f, 0);
                     round_to_dtype(in, (size_t)M * K, dt);
                 }
-                matmul_nt_forward_cpu(ref, in, w, M, K, N);
+                matmul_nt_forward_cpu(ref, in, w, M, K, N, 0);
                 float *got = host_from_dev(d_out, (size_t)M * ldo, GPT2_DTYPE_F32);
                 char what[128];
                 snprintf(what, sizeof what, "gemv_nt M=%d K=%d N=%d %s ln %d", M, K, N, dtype_name(dt), ln);
@@ -607,7 +607,7 @@ static void attention_ref(float *out, const float *qkv, const float *bias, const
             q[(size_t)t * 3 * C + e] = qkv[(size_t)(start + t) * 3 * C + e] + (bias ? bias[e] : 0.0f);
     size_t off = (size_t)c.slot * NH * maxT * HS;
     cr_assert_eq(attention_forward_cpu(out + (size_t)start * C, q, 3 * C, kc + off, vc + off, c.pos, c.n, NH, HS,
-                                       maxT),
+                                       maxT, 0),
                  0);
     free(q);
 }
@@ -1349,38 +1349,48 @@ static void device_sample_rows(const float *rows, int R, int V, const gpt2_sampl
 
 /* The GPU's greedy argmax orders NaN exactly as src/sampler.c's scan does: a NaN never wins except at
  * index 0, where the scan starts and nothing compares greater than it. */
-Test(cuda_kernels, greedy_argmax_treats_nan_as_the_cpu_sampler) {
+/* A row holding NaN or +-Inf is refused (GPT2_SAMPLE_NONFINITE), greedy or sampled, as by sampler.c;
+ * finite rows beside them still get their token. */
+Test(cuda_kernels, non_finite_rows_are_refused_as_by_the_cpu_sampler) {
     REQUIRE_GPU();
     enum { R = 9, V = 1000 };
     uint64_t seed = 14;
     float *rows = rand_floats((size_t)R * V, &seed, 3.0f, 0.0f);
     float *x;
-    x = rows + 0 * V, x[0] = NAN;                                      /* NaN first: 0 */
-    x = rows + 1 * V, x[500] = x[17] = x[999] = NAN, x[321] = 10.0f;   /* NaNs elsewhere: 321 */
+    x = rows + 0 * V, x[0] = NAN;                                      /* NaN first */
+    x = rows + 1 * V, x[500] = x[17] = x[999] = NAN, x[321] = 10.0f;   /* NaNs elsewhere */
     x = rows + 2 * V;
-    for (int v = 0; v < V; v++) x[v] = NAN;                            /* all NaN: 0 */
+    for (int v = 0; v < V; v++) x[v] = NAN;                            /* all NaN */
     x = rows + 3 * V;
-    for (int v = 1; v < V; v++) x[v] = NAN;                            /* only x[0] a number: 0 */
+    for (int v = 1; v < V; v++) x[v] = NAN;                            /* only x[0] a number */
     x[0] = -1.0f;
-    x = rows + 4 * V, x[600] = 10.0f, x[601] = 9.0f, x[600] = NAN;     /* NaN where the max was: 601 */
+    x = rows + 4 * V, x[999] = -INFINITY;                              /* one -inf, last column */
     x = rows + 5 * V;
-    for (int v = 0; v < V; v++) x[v] = -INFINITY;                      /* all -inf: 0 */
-    x = rows + 6 * V, x[7] = x[9] = INFINITY, x[3] = NAN;              /* +inf twice: the first, 7 */
-    x = rows + 7 * V, x[100] = x[900] = 20.0f;                         /* a tie: the lower, 100 */
-    x = rows + 8 * V, x[0] = NAN, x[5] = 50.0f;                        /* NaN first beats a real max: 0 */
-    const int want_fixed[R] = {0, 321, 0, 0, 601, 0, 7, 100, 0};
-    gpt2_sampling p = gpt2_sampling_default(); /* greedy */
-    int got[R];
-    device_sample_rows(rows, R, V, &p, 0, got);
+    for (int v = 0; v < V; v++) x[v] = -INFINITY;                      /* all -inf */
+    x = rows + 6 * V, x[7] = x[9] = INFINITY;                          /* +inf */
+    x = rows + 7 * V, x[100] = x[900] = 20.0f;                         /* finite, a tie: the lower, 100 */
+    x = rows + 8 * V, x[5] = 50.0f;                                    /* finite */
+    const int want_greedy[R] = {-1, -1, -1, -1, -1, -1, -1, 100, 5};
+    gpt2_sampling modes[2] = {gpt2_sampling_default(), gpt2_sampling_default()}; /* greedy, then sampled */
+    modes[1].temperature = 0.8f;
+    modes[1].top_k = 40;
+    modes[1].seed = 3;
     gpt2_sample_scratch cpu;
     cr_assert_eq(gpt2_sample_scratch_init(&cpu, V), 0);
     float *row = malloc(sizeof(float) * V);
-    for (int r = 0; r < R; r++) {
-        memcpy(row, rows + (size_t)r * V, sizeof(float) * V);
-        gpt2_sample_req req = {.p = &p};
-        int want = gpt2_sample_row(row, V, &req, &cpu);
-        cr_assert_eq(want, want_fixed[r], "row %d: sampler.c gives %d, this test expects %d", r, want, want_fixed[r]);
-        cr_assert_eq(got[r], want, "row %d: device argmax %d, sampler.c %d", r, got[r], want);
+    for (int m = 0; m < 2; m++) {
+        int got[R];
+        device_sample_rows(rows, R, V, &modes[m], 0, got);
+        for (int r = 0; r < R; r++) {
+            memcpy(row, rows + (size_t)r * V, sizeof(float) * V);
+            gpt2_sampling pr = modes[m];
+            pr.seed += (uint64_t)r; /* device_sample_rows draws row r with seed + r */
+            gpt2_sample_req req = {.p = &pr};
+            int want = gpt2_sample_row(row, V, &req, &cpu);
+            if (m == 0 || r < 7)
+                cr_assert_eq(want, m == 0 ? want_greedy[r] : -1, "mode %d row %d: sampler.c gives %d", m, r, want);
+            cr_assert_eq(got[r], want, "mode %d row %d: device %d, sampler.c %d", m, r, got[r], want);
+        }
     }
     gpt2_sample_scratch_free(&cpu);
     free(row);

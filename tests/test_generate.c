@@ -6,6 +6,9 @@
 #include "common.h"
 #include "generate.h"
 
+/* Buffers, models and backends are freed by test_cleanup, also when an assertion ends a test early. */
+TestSuite(generate, .fini = test_cleanup);
+
 typedef struct {
     int tokens[256];
     int n;
@@ -49,18 +52,15 @@ static fixture open_tiny(void) {
     fixture f = {0};
     gpt2_error err = {0};
     cr_assert_eq(gpt2_model_load(FIXTURES "/tiny", &f.m, &err), GPT2_OK, "%s", err.msg);
+    test_keep(f.m, gpt2_model_free);
     cr_assert_eq(gpt2_tokenizer_load(FIXTURES "/tiny", &f.tok, &err), GPT2_OK, "%s", err.msg);
+    test_keep(f.tok, gpt2_tokenizer_free);
     return f;
 }
 
-static void close_fixture(fixture *f) {
-    gpt2_model_free(f->m);
-    gpt2_tokenizer_free(f->tok);
-}
-
 static result *run(fixture *f, const gpt2_request *reqs, int n, int slots, int budget, int eot) {
-    gpt2_backend *be = cpu_backend(f->m, slots, f->m->cfg.n_positions, budget);
-    result *res = calloc((size_t)n, sizeof *res);
+    gpt2_backend *be = test_keep(cpu_backend(f->m, slots, f->m->cfg.n_positions, budget), gpt2_backend_free);
+    result *res = test_calloc((size_t)n, sizeof *res);
     gpt2_gen_callbacks cb = {.user = res, .on_finish = on_finish, .on_text = on_text};
     gpt2_error err = {0};
     cr_assert_eq(gpt2_generate(be, f->tok, eot, reqs, n, &cb, &err), GPT2_OK, "%s", err.msg);
@@ -70,7 +70,6 @@ static result *run(fixture *f, const gpt2_request *reqs, int n, int slots, int b
                      res[i].n_streamed, res[i].n_text);
         cr_assert_eq(memcmp(res[i].streamed, res[i].text, res[i].n_text), 0);
     }
-    gpt2_backend_free(be);
     return res;
 }
 
@@ -104,16 +103,11 @@ Test(generate, seeded_output_is_independent_of_the_batch) {
         cr_assert_eq(memcmp(batched[i].tokens, alone->tokens, sizeof(int) * (size_t)alone->n), 0, "request %d", i);
         cr_assert_eq(memcmp(wide[i].tokens, alone->tokens, sizeof(int) * (size_t)alone->n), 0, "request %d", i);
         cr_assert_eq(alone->reason, GPT2_FINISH_LENGTH);
-        free(alone);
     }
     /* and another seed gives another continuation */
     reqs[7].sampling.seed = 5;
     result *other = run(&f, &reqs[7], 1, 1, 64, -1);
     cr_assert_neq(memcmp(other->tokens, batched[7].tokens, sizeof(int) * (size_t)other->n), 0);
-    free(other);
-    free(batched);
-    free(wide);
-    close_fixture(&f);
 }
 
 /* The text equals the decoded tokens. */
@@ -127,12 +121,10 @@ Test(generate, text_is_the_decoded_tokens) {
         size_t n;
         gpt2_error err = {0};
         cr_assert_eq(gpt2_decode(f.tok, r[i].tokens, (size_t)r[i].n, &text, &n, &err), GPT2_OK);
+        test_keep(text, free);
         cr_assert_eq(n, r[i].n_text);
         cr_assert_eq(memcmp(text, r[i].text, n), 0);
-        free(text);
     }
-    free(r);
-    close_fixture(&f);
 }
 
 /* A stop string cuts the text just before it; tokens reaching into it are dropped. */
@@ -161,13 +153,10 @@ Test(generate, stop_string_cuts_before_it) {
     size_t n_dec;
     gpt2_error err = {0};
     cr_assert_eq(gpt2_decode(f.tok, cut->tokens, (size_t)cut->n, &dec, &n_dec, &err), GPT2_OK);
+    test_keep(dec, free);
     cr_assert_leq(n_dec, first);
     cr_assert_eq(memcmp(dec, free_run->text, n_dec), 0);
-    free(dec);
     cr_assert_eq(memcmp(cut->tokens, free_run->tokens, sizeof(int) * (size_t)cut->n), 0);
-    free(cut);
-    free(free_run);
-    close_fixture(&f);
 }
 
 /* End-of-text ends a request with "stop" and is not part of the output. */
@@ -183,15 +172,26 @@ Test(generate, end_of_text_stops) {
     while (a->tokens[first] != a->tokens[3]) first++;
     cr_assert_eq(b->reason, GPT2_FINISH_STOP);
     cr_assert_eq(b->n, first);
-    free(a);
-    free(b);
-    close_fixture(&f);
+}
+
+/* With ignore_eot, end-of-text is an ordinary token: the request runs to max_tokens (benchmarks). */
+Test(generate, ignore_eot_runs_to_max_tokens) {
+    fixture f = open_tiny();
+    gpt2_request reqs[1];
+    make_requests(reqs, 1, 0.0f);
+    reqs[0].max_tokens = 10;
+    result *a = run(&f, reqs, 1, 1, 64, -1);
+    reqs[0].ignore_eot = 1;
+    result *b = run(&f, reqs, 1, 1, 64, a->tokens[3]); /* pretend the 4th token is end-of-text */
+    cr_assert_eq(b->reason, GPT2_FINISH_LENGTH);
+    cr_assert_eq(b->n, 10);
+    cr_assert_eq(memcmp(a->tokens, b->tokens, sizeof(int) * 10), 0);
 }
 
 Test(generate, limits) {
     fixture f = open_tiny();
     int ctx = f.m->cfg.n_positions;
-    int *long_prompt = calloc((size_t)ctx, sizeof(int));
+    int *long_prompt = test_calloc((size_t)ctx, sizeof(int));
     for (int i = 0; i < ctx; i++) long_prompt[i] = 100 + i;
     gpt2_request r[3] = {
         {.prompt = long_prompt, .n_prompt = 3, .max_tokens = 0, .sampling = gpt2_sampling_default()},
@@ -204,17 +204,13 @@ Test(generate, limits) {
     cr_assert_eq(res[1].n, 4, "context of %d, prompt %d: %d tokens", ctx, ctx - 4, res[1].n);
     cr_assert_eq(res[1].reason, GPT2_FINISH_LENGTH);
     cr_assert_eq(res[2].n, 2);
-    free(res);
     /* a prompt that fills the context is refused up front */
-    gpt2_backend *be = cpu_backend(f.m, 1, ctx, 16);
+    gpt2_backend *be = test_keep(cpu_backend(f.m, 1, ctx, 16), gpt2_backend_free);
     gpt2_request full = {.prompt = long_prompt, .n_prompt = ctx, .max_tokens = 1, .sampling = gpt2_sampling_default()};
     gpt2_gen_callbacks cb = {0};
     gpt2_error err = {0};
     cr_assert_eq(gpt2_generate(be, f.tok, -1, &full, 1, &cb, &err), GPT2_ERR_LIMIT);
     cr_assert(strstr(err.msg, "request 0"), "%s", err.msg);
-    gpt2_backend_free(be);
-    free(long_prompt);
-    close_fixture(&f);
 }
 
 static volatile sig_atomic_t cancel_flag;
@@ -230,13 +226,11 @@ Test(generate, cancel_stops_after_the_current_step) {
     fixture f = open_tiny();
     gpt2_request reqs[8];
     make_requests(reqs, 8, 0.0f);
-    gpt2_backend *be = cpu_backend(f.m, 2, f.m->cfg.n_positions, 64);
+    gpt2_backend *be = test_keep(cpu_backend(f.m, 2, f.m->cfg.n_positions, 64), gpt2_backend_free);
     int count = 0;
     cancel_flag = 0;
     gpt2_gen_callbacks cb = {.user = &count, .on_finish = cancel_after_first, .cancel = &cancel_flag};
     gpt2_error err = {0};
     cr_assert_eq(gpt2_generate(be, f.tok, -1, reqs, 8, &cb, &err), GPT2_OK, "%s", err.msg);
     cr_assert(count >= 1 && count < 8, "%d requests finished", count);
-    gpt2_backend_free(be);
-    close_fixture(&f);
 }

@@ -612,16 +612,10 @@ Test(tokenizer, token_bytes) {
     gpt2_tokenizer_free(t);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* One megabyte of mixed text in well under a second, and long runs of one class (each one piece, or
- * one piece after an invalid first byte) round-trip in bounded time. The time limits are loose so that
- * sanitizer builds pass; the measured times are logged. */
-Test(tokenizer, performance_and_long_inputs, .timeout = 120) {
+/* One megabyte of mixed text, and long runs of one class (each one piece, or one piece after an
+ * invalid first byte), round-trip. Their speed is measured by bench/bench_tokenizer.c, not here (the
+ * .timeout only catches a quadratic blow-up). */
+Test(tokenizer, long_inputs_round_trip, .timeout = 120) {
     gpt2_tokenizer *t = load_gpt2();
     static const char *const words[] = {"the ", "tokenizer ", "Hello, ", "world! ", "1234 ", "3.14 ", "don't ",
                                         "\xc3\xa9t\xc3\xa9 ", "\xe4\xb8\xad\xe6\x96\x87", "\xd0\x9f\xd1\x80\xd0\xb8 ",
@@ -638,12 +632,8 @@ Test(tokenizer, performance_and_long_inputs, .timeout = 120) {
         memcpy(text + o, w, k);
         o += k;
     }
-    double t0 = now_s();
     size_t n_ids;
     int *ids = encode_ok(t, text, n, 0, &n_ids);
-    double dt = now_s() - t0;
-    cr_log_info("encoded 1 MiB of mixed text into %zu ids in %.3f s", n_ids, dt);
-    cr_assert(dt < 2.0, "encoding 1 MiB took %.3f s", dt);
     assert_round_trip(t, ids, n_ids, text, n, "mixed MiB", 0);
     free(ids);
 
@@ -655,11 +645,7 @@ Test(tokenizer, performance_and_long_inputs, .timeout = 120) {
         size_t k = strlen(runs[r].unit), m = (n / k) * k;
         for (size_t i = 0; i < m; i += k) memcpy(text + i, runs[r].unit, k);
         if (!strcmp(runs[r].what, "invalid first byte")) text[0] = (char)0xFF;
-        t0 = now_s();
         ids = encode_ok(t, text, m, 0, &n_ids);
-        dt = now_s() - t0;
-        cr_log_info("1 MiB of %s: %zu ids in %.3f s", runs[r].what, n_ids, dt);
-        cr_assert(dt < 5.0, "1 MiB of %s took %.3f s", runs[r].what, dt);
         assert_round_trip(t, ids, n_ids, text, m, runs[r].what, r);
         free(ids);
     }
