@@ -8,12 +8,14 @@
 #ifndef GPT2_TESTS_LOADER_UTIL_H
 #define GPT2_TESTS_LOADER_UTIL_H
 
+#include <limits.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Random numbers: splitmix64, reproducible across platforms.                                      */
@@ -305,6 +307,38 @@ static inline int tl_write_model_dir(const char *dir, const tl_spec *sp, const t
     char *p = tl_join(dir, "model.safetensors");
     int r = (!p || tl_write_config(dir, sp, "") || tl_write_safetensors(p, m->t, m->n)) ? -1 : 0;
     free(p);
+    return r;
+}
+
+/* A model whose weights are finite but whose forward overflows on one token: every position embedding
+ * and the token embedding of " fox" (21831) are 3e38 in every channel. Other tokens give 3e38 + small
+ * = 3e38 in all channels, which the layer norms turn into their bias (finite); " fox" gives
+ * 3e38 + 3e38 = inf, and its layer norm inf - inf = NaN, which its keys and values carry to the rest of
+ * that sequence. Untied head, so only sequences holding " fox" are hit. Links the real tokenizer
+ * (tests/data/gpt2-tokenizer, relative to the repository root) into dir. 0 ok, -1 on failure. */
+static inline int tl_write_overflowing_model(const char *dir) {
+    tl_spec sp = {.n_layer = 1, .n_head = 2, .n_embd = 8, .n_positions = 32, .vocab_size = 50257, .dtype = "F32",
+                  .lm_head = 1, .seed = 77};
+    tl_model m;
+    if (tl_model_make(&sp, &m)) return -1;
+    tl_tensor *wte = tl_model_find(&m, "wte.weight"), *wpe = tl_model_find(&m, "wpe.weight");
+    int r = -1;
+    if (!wte || !wpe) goto out;
+    const float big = 3e38f;
+    for (int c = 0; c < 8; c++) memcpy(wte->data + 4 * ((size_t)21831 * 8 + (size_t)c), &big, 4); /* " fox" */
+    for (size_t k = 0; k + 4 <= wpe->nbytes; k += 4) memcpy(wpe->data + k, &big, 4);
+    if (tl_write_model_dir(dir, &sp, &m)) goto out;
+    char tokdir[PATH_MAX], src[PATH_MAX + 32], dst[PATH_MAX + 32];
+    if (!realpath("tests/data/gpt2-tokenizer", tokdir)) goto out;
+    const char *files[] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(src, sizeof src, "%s/%s", tokdir, files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
+        if (symlink(src, dst)) goto out;
+    }
+    r = 0;
+out:
+    tl_model_free(&m);
     return r;
 }
 

@@ -876,35 +876,6 @@ Test(jobs, id_read_first_and_byte_order_mark_skipped) {
     workdir_remove(&w);
 }
 
-/* A model whose weights are finite but whose forward overflows on one token: every position embedding
- * and the token embedding of " fox" are 3e38 in every channel. Other tokens give 3e38 + small = 3e38
- * in all channels, which the layer norms turn into their bias (finite); " fox" gives 3e38 + 3e38 = inf,
- * and its layer norm inf - inf = NaN, which its keys and values carry to the rest of that sequence.
- * Untied head, so only sequences holding " fox" are hit. */
-static void write_overflowing_model(const char *dir) {
-    tl_spec sp = {.n_layer = 1, .n_head = 2, .n_embd = 8, .n_positions = 32, .vocab_size = 50257, .dtype = "F32",
-                  .lm_head = 1, .seed = 77};
-    tl_model m;
-    cr_assert_eq(tl_model_make(&sp, &m), 0);
-    tl_tensor *wte = tl_model_find(&m, "wte.weight");
-    cr_assert(wte);
-    const float big = 3e38f;
-    for (int c = 0; c < 8; c++) memcpy(wte->data + 4 * ((size_t)21831 * 8 + (size_t)c), &big, 4); /* " fox" */
-    tl_tensor *wpe = tl_model_find(&m, "wpe.weight");
-    cr_assert(wpe);
-    for (size_t k = 0; k + 4 <= wpe->nbytes; k += 4) memcpy(wpe->data + k, &big, 4);
-    cr_assert_eq(tl_write_model_dir(dir, &sp, &m), 0);
-    tl_model_free(&m);
-    char tokdir[PATH_MAX], src[PATH_MAX + 32], dst[256];
-    cr_assert(realpath("tests/data/gpt2-tokenizer", tokdir));
-    const char *files[] = {"vocab.json", "merges.txt"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(src, sizeof src, "%s/%s", tokdir, files[i]);
-        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
-        cr_assert_eq(symlink(src, dst), 0, "%s: %s", dst, strerror(errno));
-    }
-}
-
 /* Non-finite logits are an error of that request (an error record, exit status 1), never a token 0
  * or an empty "stop"; the other requests run as usual. */
 Test(jobs, non_finite_logits_give_an_error_record) {
@@ -913,7 +884,7 @@ Test(jobs, non_finite_logits_give_an_error_record) {
     char model[128];
     snprintf(model, sizeof model, "%s/model", w.dir);
     cr_assert_eq(mkdir(model, 0755), 0);
-    write_overflowing_model(model);
+    cr_assert_eq(tl_write_overflowing_model(model), 0);
     const char text[] = "{\"id\": \"fox\", \"prompt\": \"The quick brown fox\", \"max_tokens\": 3, \"temperature\": 0}\n"
                         "{\"id\": \"hello\", \"prompt\": \"Hello\", \"max_tokens\": 3, \"temperature\": 0.7}\n"
                         "{\"id\": \"fox2\", \"prompt\": \"a fox\", \"max_tokens\": 3, \"temperature\": 0.7}\n";
