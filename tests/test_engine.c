@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <errno.h>
 #include <limits.h>
@@ -340,10 +341,18 @@ Test(engine, submit_from_another_thread) {
     cr_assert_eq(pthread_create(&th, NULL, submit_thread, &t), 0);
     gpt2_error err = {0};
     int done = 0;
-    for (int guard = 0; done < 8 && guard < 100000; guard++) {
-        cr_assert_eq(gpt2_engine_step(e, NULL, &err), GPT2_OK, "%s", err.msg);
+    /* Bounded by time, not by a count of steps: the submitting thread may not run for a while on a
+     * loaded machine, and idle steps return at once. */
+    struct timespec t0, now, nap = {0, 1000000};
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (double waited = 0; done < 8 && waited < 120; ) {
+        int busy = 0;
+        cr_assert_eq(gpt2_engine_step(e, &busy, &err), GPT2_OK, "%s", err.msg);
+        if (!busy) nanosleep(&nap, NULL);
         done = 0;
         for (int i = 0; i < 8; i++) done += t.s[i].finished;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        waited = (double)(now.tv_sec - t0.tv_sec) + 1e-9 * (double)(now.tv_nsec - t0.tv_nsec);
     }
     pthread_join(th, NULL);
     for (int i = 0; i < 8; i++) {
