@@ -201,7 +201,7 @@ static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, con
         if (s->decode) { /* the new K and V are appended by the attention kernel itself */
             CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->slot, s->pos, N, NH, HS, maxT, S, 1,
                                              x->a.attn_scratch, x->plan.attn_scratch_floats, x->a.attn_counters,
-                                         x->plan.attn_n_counters, dt, st));
+                                             x->plan.attn_n_counters, dt, st));
         } else {
             CUDA_CHECK(kv_append_cuda(kc, vc, x->a.qkv, qkvb, s->slot, s->pos, N, NH, HS, maxT, S, dt, st));
             CUDA_CHECK(attention_prefill_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->chunks, s->tiles, s->n_tiles, NH,
