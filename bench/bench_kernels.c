@@ -14,6 +14,15 @@
  *    of the step's ends timed alone at the step's shapes (x 12 layers), their sum, and a real decode
  *    step (forward + greedy sample through the CUDA backend, graphs on) of a random gpt2, against the
  *    floor (weight bytes per step / copy bandwidth).
+ * 4. Decode attention alone (kernels/attention_decode.cu: one launch, split-K with the in-kernel merge,
+ *    appending the new K/V), 12 heads x 64, batch 1..256, context 128 / 512 / 1024, every dtype:
+ *    achieved GB/s = K + V bytes read (+ q, out) / time, and % of the copy bandwidth. The caches of
+ *    a launch rotate through >= 4x the L2 (slots are reassigned per run) so that no run reads a
+ *    cached context.
+ * 5. Prefill attention alone (kernels/attention_prefill.cu: tensor cores for fp16/bf16, the exact
+ *    float kernel for fp32), 12 x 64, B sequences of T tokens from position 0: TFLOP/s counting the
+ *    causal half only (2 * 2 * HS flops per visible (query, key) pair), against a large cuBLAS GEMM
+ *    (8192^3, fp16/bf16 in, float accumulation) as the matrix units' measured ceiling.
  * Every time is the median of --iters runs after warm-up, with CUDA events. Without a GPU the program
  * says so and exits 0: nothing is measured. */
 #include <cublas_v2.h>
@@ -32,6 +41,7 @@
 #include "tensors.h"
 
 #include "../kernels/attention_decode.cuh"
+#include "../kernels/attention_prefill.cuh"
 #include "../kernels/convert.cuh"
 #include "../kernels/encoder.cuh"
 #include "../kernels/gelu.cuh"
@@ -292,8 +302,8 @@ typedef struct {
     void *qkv, *att, *fch, *resid, *wqkv, *wproj, *wfc, *wfcp, *bfc, *lnw, *lnb, *wte, *wpe;
     void *kc, *vc;
     float *logits, *attn_scr, *gscr;
-    size_t attn_scr_n, gscr_n;
-    unsigned *cnt;
+    size_t attn_scr_n, gscr_n, attn_cnt_n;
+    unsigned *cnt, *attn_cnt;
     int *tok, *pos, *slot;
     gpt2_cuda_sample_scratch sscr;
     gpt2_cuda_sample_params *sparams;
@@ -323,7 +333,7 @@ static void op_step_kernel(void *c_, int i) {
     case K_QKV: gemv_or_die(c, c->qkv, c->resid, c->wqkv, NULL, C, 3 * C, 0, 1, 0); break;
     case K_ATT:
         CK(attention_decode_cuda(c->att, c->qkv, NULL, c->kc, c->vc, c->slot, c->pos, B, NH_, HS_, MAXT_, B, 1,
-                                 c->attn_scr, c->attn_scr_n, c->dt, g_st));
+                                 c->attn_scr, c->attn_scr_n, c->attn_cnt, c->attn_cnt_n, c->dt, g_st));
         break;
     case K_PROJ: gemv_or_die(c, NULL, c->att, c->wproj, c->lnb, C, C, 0, 0, 1); break;
     case K_FC: gemv_or_die(c, c->fch, c->resid, c->wfc, c->bfc, C, 4 * C, 1, 1, 0); break;
@@ -411,6 +421,9 @@ static void bench_step(int B, double copy_gbs) {
     CK(cudaMalloc((void **)&c.logits, (size_t)B * VP_ * sizeof(float)));
     c.attn_scr_n = attention_decode_scratch_floats(B, NH_, HS_, MAXT_);
     CK(cudaMalloc((void **)&c.attn_scr, c.attn_scr_n * sizeof(float)));
+    c.attn_cnt_n = attention_decode_counters(B, NH_);
+    CK(cudaMalloc((void **)&c.attn_cnt, c.attn_cnt_n * sizeof(unsigned)));
+    CK(cudaMemset(c.attn_cnt, 0, c.attn_cnt_n * sizeof(unsigned)));
     c.gscr_n = gemv_scratch_floats(B, 4 * C_, GPT2_GEMV_MAX_KSPLIT);
     CK(cudaMalloc((void **)&c.gscr, c.gscr_n * sizeof(float)));
     CK(cudaMalloc((void **)&c.cnt, gemv_counters(4 * C_) * sizeof(unsigned)));
@@ -500,10 +513,178 @@ static void bench_step(int B, double copy_gbs) {
     free(prompt);
     CK(cudaDeviceSynchronize());
     void *bufs[] = {c.resid, c.qkv, c.att, c.fch, c.wqkv, c.wproj, c.wfc, c.wfcp, c.bfc, c.lnw, c.lnb,
-                    c.wte, c.wpe, c.kc, c.vc, c.logits, c.attn_scr, c.gscr, c.cnt, c.tok, c.pos, c.slot, ss->keys,
+                    c.wte, c.wpe, c.kc, c.vc, c.logits, c.attn_scr, c.attn_cnt, c.gscr, c.cnt, c.tok, c.pos, c.slot, ss->keys,
                     ss->count, c.sparams,
                     c.shist, c.sout};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) CK(cudaFree(bufs[i]));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* 4. decode attention                                                                             */
+
+typedef struct {
+    gpt2_dtype dt;
+    int B, S, nrot;
+    void *qkv, *out, *kc, *vc;
+    int *pos, *slots; /* slots: (nrot, B) slot lists, one per rotation */
+    float *scr;
+    size_t scr_n, cnt_n;
+    unsigned *cnt;
+} dattn_ctx;
+
+static void op_dattn(void *c_, int i) {
+    dattn_ctx *c = c_;
+    CK(attention_decode_cuda(c->out, c->qkv, NULL, c->kc, c->vc, c->slots + (size_t)(i % c->nrot) * c->B, c->pos, c->B,
+                             NH_, HS_, MAXT_, c->S, 1, c->scr, c->scr_n, c->cnt, c->cnt_n, c->dt, g_st));
+}
+
+/* A cache of n values of dt, random: a block of random values repeated (made on the host once, tiled on
+ * the device: a 256-slot cache is 200M values; the repetition does not matter to the timing). */
+static void *dev_random_tiled(size_t n, gpt2_dtype dt, uint64_t seed) {
+    const size_t blk = (size_t)1 << 24, es = esz(dt);
+    void *b = dev_random(blk, dt, 1.0f, seed), *d = NULL;
+    CK(cudaMalloc(&d, n * es));
+    for (size_t done = 0; done < n; done += blk)
+        CK(cudaMemcpy((char *)d + done * es, b, (n - done < blk ? n - done : blk) * es, cudaMemcpyDeviceToDevice));
+    CK(cudaFree(b));
+    return d;
+}
+
+static void bench_decode_attention(double copy_gbs, size_t l2_bytes) {
+    const int Bs[] = {1, 8, 64, 256}, lens[] = {128, 512, 1024};
+    const gpt2_dtype dts[3] = {GPT2_DTYPE_F16, GPT2_DTYPE_BF16, GPT2_DTYPE_F32};
+    printf("\ndecode attention (one launch: split-K + in-kernel merge + K/V append), 12 heads x 64, maxT %d; GB/s = "
+           "(K + V read + q + out) / time; rot: launches of disjoint slots cycled\n", MAXT_);
+    printf("%-5s %5s %6s %5s %10s %10s %7s\n", "dtype", "batch", "len", "rot", "us", "GB/s", "% copy");
+    for (int di = 0; di < 3; di++) {
+        const gpt2_dtype dt = dts[di];
+        const size_t es = esz(dt), slot_bytes = 2 * (size_t)NH_ * MAXT_ * HS_ * es; /* K + V of one slot */
+        int S = (int)((4 * l2_bytes + slot_bytes - 1) / slot_bytes); /* >= 4x L2 of slots, >= the largest B */
+        if (S < Bs[3]) S = Bs[3];
+        const size_t cache_n = (size_t)S * NH_ * MAXT_ * HS_;
+        void *kc = dev_random_tiled(cache_n, dt, 21), *vc = dev_random_tiled(cache_n, dt, 22);
+        for (int bi = 0; bi < 4; bi++) {
+            const int B = Bs[bi];
+            dattn_ctx c = {.dt = dt, .B = B, .S = S, .nrot = S / B, .kc = kc, .vc = vc};
+            if (c.nrot > 64) c.nrot = 64;
+            c.qkv = dev_random((size_t)B * 3 * C_, dt, 1.0f, 23);
+            CK(cudaMalloc(&c.out, (size_t)B * C_ * es));
+            c.scr_n = attention_decode_scratch_floats(B, NH_, HS_, MAXT_);
+            c.cnt_n = attention_decode_counters(B, NH_);
+            CK(cudaMalloc((void **)&c.scr, c.scr_n * sizeof(float)));
+            CK(cudaMalloc((void **)&c.cnt, c.cnt_n * sizeof(unsigned)));
+            CK(cudaMemset(c.cnt, 0, c.cnt_n * sizeof(unsigned)));
+            int *h = malloc(sizeof(int) * (size_t)c.nrot * B);
+            if (!h) exit(1);
+            for (int r = 0; r < c.nrot; r++)
+                for (int b = 0; b < B; b++) h[(size_t)r * B + b] = r * B + b; /* disjoint slots per rotation */
+            CK(cudaMalloc((void **)&c.slots, sizeof(int) * (size_t)c.nrot * B));
+            CK(cudaMemcpy(c.slots, h, sizeof(int) * (size_t)c.nrot * B, cudaMemcpyHostToDevice));
+            CK(cudaMalloc((void **)&c.pos, sizeof(int) * B));
+            for (int li = 0; li < 3; li++) {
+                const int len = lens[li];
+                for (int b = 0; b < B; b++) h[b] = len - 1;
+                CK(cudaMemcpy(c.pos, h, sizeof(int) * B, cudaMemcpyHostToDevice));
+                const double t = time_us(op_dattn, &c);
+                const double bytes = (double)B * NH_ * ((double)len * 2 * HS_ * es + 4.0 * HS_ * es);
+                const double gbs = bytes / t / 1e3;
+                printf("%-5s %5d %6d %5d %10.2f %10.0f %6.0f%%\n", dtname(dt), B, len, c.nrot, t, gbs, 100 * gbs / copy_gbs);
+                json_rec("{\"kind\": \"decode_attention\", \"dtype\": \"%s\", \"batch\": %d, \"len\": %d, \"us\": %.3f, "
+                         "\"gbs\": %.1f, \"pct_copy\": %.1f}", dtname(dt), B, len, t, gbs, 100 * gbs / copy_gbs);
+            }
+            free(h);
+            void *bufs[] = {c.qkv, c.out, c.scr, c.cnt, c.slots, c.pos};
+            for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) CK(cudaFree(bufs[k]));
+        }
+        CK(cudaFree(kc));
+        CK(cudaFree(vc));
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* 5. prefill attention                                                                            */
+
+typedef struct {
+    gpt2_dtype dt;
+    int n_tiles, S;
+    void *qkv, *out, *kc, *vc;
+    int *chunks, *tiles;
+} pattn_ctx;
+
+static void op_pattn(void *c_, int i) {
+    pattn_ctx *c = c_;
+    (void)i;
+    CK(attention_prefill_cuda(c->out, c->qkv, NULL, c->kc, c->vc, c->chunks, c->tiles, c->n_tiles, NH_, HS_, MAXT_,
+                              c->S, c->dt, g_st));
+}
+
+typedef struct {
+    gpt2_dtype dt;
+    void *a, *b, *c;
+    int n;
+} gemm_ctx;
+static void op_gemm(void *c_, int i) {
+    gemm_ctx *c = c_;
+    const float one = 1.0f, zero = 0.0f;
+    (void)i;
+    CB(cublasGemmEx(g_cublas, CUBLAS_OP_N, CUBLAS_OP_N, c->n, c->n, c->n, &one, c->a, cuda_dt(c->dt), c->n, c->b,
+                    cuda_dt(c->dt), c->n, &zero, c->c, cuda_dt(c->dt), c->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static void bench_prefill_attention(void) {
+    const gpt2_dtype dts[3] = {GPT2_DTYPE_F16, GPT2_DTYPE_BF16, GPT2_DTYPE_F32};
+    double peak[2] = {0, 0};
+    for (int di = 0; di < 2; di++) { /* the matrix units' ceiling, measured */
+        gemm_ctx g = {.dt = dts[di], .n = 8192};
+        const size_t nn = (size_t)g.n * g.n;
+        g.a = dev_random(nn, g.dt, 1.0f, 31);
+        g.b = dev_random(nn, g.dt, 1.0f, 32);
+        CK(cudaMalloc(&g.c, nn * 2));
+        set_math(g.dt);
+        const double t = time_us(op_gemm, &g);
+        peak[di] = 2.0 * g.n * (double)g.n * g.n / t / 1e6;
+        CK(cudaFree(g.a));
+        CK(cudaFree(g.b));
+        CK(cudaFree(g.c));
+    }
+    printf("\nprefill attention, 12 heads x 64, B sequences of T tokens from position 0 (causal flops only); "
+           "cuBLAS 8192^3 GEMM: fp16 %.0f TFLOP/s, bf16 %.0f TFLOP/s\n", peak[0], peak[1]);
+    printf("%-5s %-12s %3s %5s %10s %9s %8s\n", "dtype", "kernel", "B", "T", "us", "TFLOP/s", "% gemm");
+    const int Ts[] = {128, 512, 1024}, Bs[] = {1, 8};
+    for (int di = 0; di < 3; di++)
+        for (int bi = 0; bi < 2; bi++)
+            for (int ti = 0; ti < 3; ti++) {
+                const gpt2_dtype dt = dts[di];
+                const int B = Bs[bi], T = Ts[ti], N = B * T, tq = attention_prefill_tile_queries(dt, HS_);
+                pattn_ctx c = {.dt = dt, .S = B};
+                const size_t cache_n = (size_t)B * NH_ * MAXT_ * HS_;
+                c.kc = dev_random(cache_n, dt, 1.0f, 41);
+                c.vc = dev_random(cache_n, dt, 1.0f, 42);
+                c.qkv = dev_random((size_t)N * 3 * C_, dt, 1.0f, 43);
+                CK(cudaMalloc(&c.out, (size_t)N * C_ * esz(dt)));
+                int *cd = malloc(sizeof(int) * 4 * B), *tl = malloc(sizeof(int) * 2 * (size_t)(N / tq + B));
+                if (!cd || !tl) exit(1);
+                for (int b = 0; b < B; b++) {
+                    cd[4 * b] = b, cd[4 * b + 1] = 0, cd[4 * b + 2] = T, cd[4 * b + 3] = b * T;
+                    for (int q0 = 0; q0 < T; q0 += tq) tl[2 * c.n_tiles] = b, tl[2 * c.n_tiles + 1] = q0, c.n_tiles++;
+                }
+                CK(cudaMalloc((void **)&c.chunks, sizeof(int) * 4 * B));
+                CK(cudaMalloc((void **)&c.tiles, sizeof(int) * 2 * (size_t)c.n_tiles));
+                CK(cudaMemcpy(c.chunks, cd, sizeof(int) * 4 * B, cudaMemcpyHostToDevice));
+                CK(cudaMemcpy(c.tiles, tl, sizeof(int) * 2 * (size_t)c.n_tiles, cudaMemcpyHostToDevice));
+                const double t = time_us(op_pattn, &c);
+                const double flops = 4.0 * HS_ * NH_ * B * ((double)T * (T + 1) / 2);
+                const double tf = flops / t / 1e6;
+                const char *kern = tq != GPT2_ATTN_PREFILL_BQ ? "tensor cores" : "exact float";
+                printf("%-5s %-12s %3d %5d %10.2f %9.1f %7.1f%%\n", dtname(dt), kern, B, T, t, tf,
+                       di < 2 ? 100 * tf / peak[di] : 0.0);
+                json_rec("{\"kind\": \"prefill_attention\", \"dtype\": \"%s\", \"kernel\": \"%s\", \"batch\": %d, \"T\": "
+                         "%d, \"us\": %.3f, \"tflops\": %.2f}", dtname(dt), kern, B, T, t, tf);
+                free(cd);
+                free(tl);
+                void *bufs[] = {c.kc, c.vc, c.qkv, c.out, c.chunks, c.tiles};
+                for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) CK(cudaFree(bufs[k]));
+            }
 }
 
 int main(int argc, char **argv) {
@@ -589,6 +770,8 @@ int main(int argc, char **argv) {
     CK(cudaFree(master));
     bench_step(1, copy_gbs);
     bench_step(8, copy_gbs);
+    bench_decode_attention(copy_gbs, (size_t)prop.l2CacheSize);
+    bench_prefill_attention();
     printf("\nsummary: copy %.0f GB/s; GEMV/cuBLAS crossover fp16 M <= %d, bf16 M <= %d, fp32 M <= %d (plan default "
            "GEMV_MAX_ROWS, unmeasured: see src/cuda_internal.h)\n", copy_gbs, cross[0], cross[1], cross[2]);
     if (g_json) {

@@ -24,8 +24,9 @@
  * pay. The crossover is a plan parameter (GEMV_MAX_ROWS in cuda_internal.h; bench/bench_kernels.cu
  * measures it).
  *
- * Decode appends the new token's K and V inside the attention kernel (one launch per layer fewer);
- * prefill keeps kv_append, whose many rows the tiled prefill attention then reads. A decode step of
+ * Decode appends the new token's K and V inside the attention kernel (one launch per layer fewer;
+ * its splits over long contexts merge inside the same launch); prefill keeps kv_append, whose many
+ * rows the tiled prefill attention then reads (on tensor cores for fp16/bf16). A decode step of
  * few rows goes further (enqueue_decode_fused): the layernorms move into the GEMVs that read them and
  * the residual adds into the projections' epilogues, five launches per layer.
  *
@@ -158,7 +159,8 @@ static gpt2_status enqueue_decode_fused(gpt2_cuda_ctx *x, const gpt2_backend *be
                             at(W(LN1B), lc, es), eps, NULL, N, C, 3 * C, err)))
             return r;
         CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, at(W(QKVB), 3 * lc, es), kc, vc, s->slot, s->pos, N, NH,
-                                         HS, maxT, S, 1, x->a.attn_scratch, x->plan.attn_scratch_floats, dt, st));
+                                         HS, maxT, S, 1, x->a.attn_scratch, x->plan.attn_scratch_floats,
+                                         x->a.attn_counters, x->plan.attn_n_counters, dt, st));
         if ((r = gemv_fused(x, dt, NULL, x->a.att, at(W(ATTPROJW), lc * C, es), at(W(ATTPROJB), lc, es), 0, NULL,
                             NULL, 0.0f, x->a.resid, N, C, C, err)))
             return r;
@@ -198,7 +200,8 @@ static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, con
         if ((r = linear(x, dt, x->a.qkv, x->a.ln, at(W(QKVW), 3 * lc * C, es), NULL, 0, N, C, 3 * C, err))) return r;
         if (s->decode) { /* the new K and V are appended by the attention kernel itself */
             CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->slot, s->pos, N, NH, HS, maxT, S, 1,
-                                             x->a.attn_scratch, x->plan.attn_scratch_floats, dt, st));
+                                             x->a.attn_scratch, x->plan.attn_scratch_floats, x->a.attn_counters,
+                                             x->plan.attn_n_counters, dt, st));
         } else {
             CUDA_CHECK(kv_append_cuda(kc, vc, x->a.qkv, qkvb, s->slot, s->pos, N, NH, HS, maxT, S, dt, st));
             CUDA_CHECK(attention_prefill_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->chunks, s->tiles, s->n_tiles, NH,
@@ -328,13 +331,15 @@ gpt2_status gpt2_cuda_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n_
     int *tok = h + p->i_tok, *pos = h + p->i_pos, *slot = h + p->i_slot, *row = h + p->i_row;
     int *cd = h + p->i_chunks, *tiles = h + p->i_tiles;
     int n = 0, n_tiles = 0;
+    const int HS = be->model->cfg.n_embd / be->model->cfg.n_head;
+    const int tq = attention_prefill_tile_queries(be->opts.dtype, HS); /* a multiple of GPT2_ATTN_PREFILL_BQ */
     for (int i = 0; i < n_chunks; i++) {
         const gpt2_chunk *ch = &chunks[i];
         cd[4 * i] = ch->slot;
         cd[4 * i + 1] = ch->pos;
         cd[4 * i + 2] = ch->n;
         cd[4 * i + 3] = n;
-        for (int q0 = 0; q0 < ch->n; q0 += GPT2_ATTN_PREFILL_BQ) {
+        for (int q0 = 0; q0 < ch->n; q0 += tq) {
             if (n_tiles >= p->tiles_cap) /* cannot happen: tiles_cap bounds sum(ceil(n_i / BQ)) */
                 return gpt2_fail(err, GPT2_ERR_LIMIT, "cuda forward: more than %d attention tiles", p->tiles_cap);
             tiles[2 * n_tiles] = i;

@@ -89,7 +89,7 @@ static inline size_t gpt2_cuda_dtype_size(gpt2_dtype dt) { return dt == GPT2_DTY
 
 typedef struct {
     size_t w[GPT2_N_TENSORS]; /* weights, in the order and shapes of src/tensors.h (lm_head == wte when tied) */
-    size_t resid, ln, qkv, att, tmp, fch, logits, kcache, vcache, attn_scratch, inputs;
+    size_t resid, ln, qkv, att, tmp, fch, logits, kcache, vcache, attn_scratch, attn_counters, inputs;
     size_t s_params, s_hist, s_out, s_lp, s_keys, s_count;
     size_t gemv_scratch, gemv_counters;
     size_t cublas_ws;
@@ -104,6 +104,7 @@ typedef struct {
     int sample_rows;       /* G */
     int hist_cap;          /* history ints for one sampling group */
     size_t attn_scratch_floats;
+    size_t attn_n_counters;     /* decode attention tickets: attention_decode_counters(S, NH) */
     int gemv_max_rows;          /* forwards of <= this many rows use the GEMV kernels (GEMV_MAX_ROWS) */
     size_t gemv_scratch_floats; /* split-K partials: GPT2_GEMV_MAX_KSPLIT x gemv_max_rows x 4C floats */
     size_t gemv_n_counters;     /* split-K tickets: gemv_counters(4C) */
@@ -130,6 +131,7 @@ typedef struct {
     void *fch;            /* (N, 4C) MLP hidden */
     float *logits;        /* (R, Vp) float: columns V.. are cuBLAS padding, never read */
     float *attn_scratch;  /* (S, NH, nsplit, HS + 2) split-attention partials of a decode step */
+    unsigned *attn_counters; /* (S, NH) their tickets: zero between launches */
     float *gemv_scratch;  /* (ksplit, M, OC) split-K partials of the GEMV kernels, M <= gemv_max_rows */
     unsigned *gemv_counters; /* (gemv_n_counters) their tickets: zero between launches */
     int *in_d;            /* (n_inputs) per-forward ints: tokens, positions, slots, rows, chunks, tiles */

@@ -57,6 +57,8 @@ gpt2_status gpt2_cuda_make_plan(const gpt2_model *m, const gpt2_backend_opts *o,
         return gpt2_fail(err, GPT2_ERR_DEVICE_MEM, "cuda: sampling scratch for %d rows overflows", p->sample_rows);
     p->hist_cap = p->sample_rows * (o->max_seq + 1);
     p->attn_scratch_floats = attention_decode_scratch_floats(o->max_slots, NH, HS, o->max_seq);
+    p->attn_n_counters = attention_decode_counters(o->max_slots, NH);
+    if (p->attn_scratch_floats == 0 || p->attn_n_counters == 0) ovf = 1; /* 0: a size overflowed */
     p->gemv_max_rows = GEMV_MAX_ROWS; /* the widest product is the MLP's up projection, OC = 4C */
     p->gemv_scratch_floats = mulc(mulc((size_t)GPT2_GEMV_MAX_KSPLIT, (size_t)p->gemv_max_rows, &ovf), 4 * C, &ovf);
     p->gemv_n_counters = gemv_counters(4 * c->n_embd);
@@ -90,6 +92,7 @@ gpt2_status gpt2_cuda_make_plan(const gpt2_model *m, const gpt2_backend_opts *o,
     p->kv_bytes = cur - before_kv;
 
     bad |= take(&cur, p->attn_scratch_floats, sizeof(float), &p->attn_scratch); /* (S, NH, nsplit, HS+2) */
+    bad |= take(&cur, p->attn_n_counters, sizeof(unsigned), &p->attn_counters);  /* (S, NH) zero: arena cleared */
     bad |= take(&cur, p->gemv_scratch_floats, sizeof(float), &p->gemv_scratch);  /* (ksplit, M, OC) */
     bad |= take(&cur, p->gemv_n_counters, sizeof(unsigned), &p->gemv_counters);  /* zero: the arena is cleared */
 
@@ -164,6 +167,7 @@ void gpt2_cuda_point(gpt2_cuda_ctx *x, const gpt2_model *m) {
     x->a.fch = a + p->fch;
     x->a.logits = (float *)(a + p->logits);
     x->a.attn_scratch = (float *)(a + p->attn_scratch);
+    x->a.attn_counters = (unsigned *)(a + p->attn_counters);
     x->a.gemv_scratch = (float *)(a + p->gemv_scratch);
     x->a.gemv_counters = (unsigned *)(a + p->gemv_counters);
     x->a.in_d = (int *)(a + p->inputs);

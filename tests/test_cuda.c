@@ -612,15 +612,25 @@ static void attention_ref(float *out, const float *qkv, const float *bias, const
     free(q);
 }
 
-Test(cuda_kernels, attention_prefill_matches_cpu) {
+/* fp32 runs the exact kernel; fp16/bf16 with HS <= 128 the tensor-core kernel, whose q + bias is
+ * rounded to T before the product (the reference is given that rounded q) and whose probabilities
+ * are rounded to T before P V (covered by the 16-bit tolerance: |P error| <= 2^-9 relative for bf16,
+ * |V| <= 1); fp16/bf16 with HS > 128 the exact kernel again. */
+Test(cuda_kernels, attention_prefill_matches_cpu, .timeout = 120) {
     REQUIRE_GPU();
-    /* NH, HS, maxT, S: head sizes for every DPL, odd ones, and one over 48 KiB of shared memory */
-    const int cfgs[][4] = {{2, 16, 70, 3}, {3, 64, 200, 3}, {1, 8, 33, 3}, {2, 100, 50, 3}, {1, 256, 40, 3}};
+    /* NH, HS, maxT, S: head sizes for every exact-kernel DPL and every tensor-core D (32, 64, 128), odd
+     * ones (100: not a multiple of 8, the scalar tile fill), 64 as in gpt2 with T = 1024, and two over
+     * 48 KiB of shared memory (exact 256, tensor-core 128) */
+    const int cfgs[][4] = {{2, 16, 70, 3}, {3, 64, 200, 3}, {1, 8, 33, 3},  {2, 100, 50, 3},
+                           {1, 256, 40, 3}, {2, 40, 97, 3}, {2, 128, 130, 3}, {2, 64, 1024, 3}};
     uint64_t seed = 8;
-    for (int ci = 0; ci < 5; ci++)
+    for (int ci = 0; ci < 8; ci++)
         for (int di = 0; di < 3; di++) {
             const int NH = cfgs[ci][0], HS = cfgs[ci][1], maxT = cfgs[ci][2], S = cfgs[ci][3], C = NH * HS;
             const gpt2_dtype dt = all_dtypes[di];
+            const int tq = attention_prefill_tile_queries(dt, HS);
+            const int tensor_cores = tq != GPT2_ATTN_PREFILL_BQ;
+            cr_assert_eq(tensor_cores, dt != GPT2_DTYPE_F32 && HS <= GPT2_ATTN_TC_MAX_HS);
             /* the whole context from 0 (T = maxT), one token mid-way (T = 1), and a continued chunk whose
              * length is not a multiple of the 32-query tile, each in its own slot */
             const int n3 = maxT - maxT / 3 < 33 ? maxT - maxT / 3 : 33;
@@ -631,7 +641,7 @@ Test(cuda_kernels, attention_prefill_matches_cpu) {
                 cd[4 * i + 1] = ch[i].pos;
                 cd[4 * i + 2] = ch[i].n;
                 cd[4 * i + 3] = N;
-                for (int q0 = 0; q0 < ch[i].n; q0 += GPT2_ATTN_PREFILL_BQ) {
+                for (int q0 = 0; q0 < ch[i].n; q0 += tq) {
                     tiles[2 * n_tiles] = i;
                     tiles[2 * n_tiles + 1] = q0;
                     n_tiles++;
@@ -650,10 +660,20 @@ Test(cuda_kernels, attention_prefill_matches_cpu) {
                                       0));
             SYNC();
             float *ref = malloc(sizeof(float) * (size_t)N * C);
-            for (int i = 0; i < 3; i++) attention_ref(ref, qkv, bias, kc, vc, ch[i], cd[4 * i + 3], NH, HS, maxT);
+            cr_assert(ref);
+            if (tensor_cores) { /* q + bias rounded to T, as the kernel feeds it to the tensor cores */
+                for (int t = 0; t < N; t++) {
+                    float *q = qkv + (size_t)t * 3 * C;
+                    for (int e = 0; e < C; e++) q[e] += bias[e];
+                    round_to_dtype(q, (size_t)C, dt);
+                }
+            }
+            for (int i = 0; i < 3; i++)
+                attention_ref(ref, qkv, tensor_cores ? NULL : bias, kc, vc, ch[i], cd[4 * i + 3], NH, HS, maxT);
             float *got = host_from_dev(d_out, (size_t)N * C, dt);
             char what[96];
-            snprintf(what, sizeof what, "attention_prefill NH=%d HS=%d maxT=%d %s", NH, HS, maxT, dtype_name(dt));
+            snprintf(what, sizeof what, "attention_prefill NH=%d HS=%d maxT=%d %s%s", NH, HS, maxT, dtype_name(dt),
+                     tensor_cores ? " tensor cores" : "");
             assert_close(got, ref, (size_t)N * C, tol_for(dt, 2e-5, 1e-4), what);
             free(got);
             free(ref);
@@ -673,11 +693,16 @@ Test(cuda_kernels, attention_prefill_matches_cpu) {
 
 /* append 0: the cache holds every key; append 1: the kernel first writes each row's own k, v (+ bias)
  * at its position, as kv_append does (the decode path), and the cache must equal kv_append_cpu's. */
-Test(cuda_kernels, attention_decode_matches_cpu) {
+/* Head sizes reach every load geometry of the kernel: 16-byte chunks with 4, 8, 16, 32 lanes per key
+ * and 2 chunks per lane (fp32, HS 256), scalar loads with 1, 4 chunks per lane (HS 100, fp16/bf16);
+ * the second launch must reproduce the first bit for bit (the merge order is fixed; the tickets it
+ * left at zero are reused) and leave the tickets at zero. */
+Test(cuda_kernels, attention_decode_matches_cpu, .timeout = 120) {
     REQUIRE_GPU();
-    const int cfgs[][4] = {{3, 64, 300, 8}, {2, 16, 129, 8}, {1, 200, 260, 8}, {4, 8, 1, 8}, {12, 64, 1024, 8}};
+    const int cfgs[][4] = {{3, 64, 300, 8}, {2, 16, 129, 8},  {1, 200, 260, 8}, {4, 8, 1, 8},
+                           {12, 64, 1024, 8}, {2, 256, 140, 8}, {3, 100, 150, 8}};
     uint64_t seed = 9;
-    for (int ci = 0; ci < 5; ci++)
+    for (int ci = 0; ci < 7; ci++)
         for (int di = 0; di < 3; di++)
             for (int append = 0; append < 2; append++) {
                 const int NH = cfgs[ci][0], HS = cfgs[ci][1], maxT = cfgs[ci][2], S = cfgs[ci][3], C = NH * HS;
@@ -697,9 +722,12 @@ Test(cuda_kernels, attention_decode_matches_cpu) {
                 int *d_slot = dev_ints(slot, B), *d_pos = dev_ints(pos, B);
                 const size_t scratch_n = attention_decode_scratch_floats(B, NH, HS, maxT);
                 float *d_scratch = dev_poison(scratch_n * sizeof(float));
+                const size_t n_cnt = attention_decode_counters(B, NH);
+                unsigned *d_cnt = dev_poison(n_cnt * sizeof(unsigned));
+                CK(cudaMemset(d_cnt, 0, n_cnt * sizeof(unsigned)));
                 void *d_out = dev_poison((size_t)B * C * esize(dt));
                 CK(attention_decode_cuda(d_out, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT, S, append,
-                                         d_scratch, scratch_n, dt, 0));
+                                         d_scratch, scratch_n, d_cnt, n_cnt, dt, 0));
                 SYNC();
                 char what[128];
                 snprintf(what, sizeof what, "attention_decode NH=%d HS=%d maxT=%d %s append %d", NH, HS, maxT,
@@ -733,10 +761,28 @@ Test(cuda_kernels, attention_decode_matches_cpu) {
                 }
                 float *got = host_from_dev(d_out, (size_t)B * C, dt);
                 assert_close(got, ref, (size_t)B * C, tol_for(dt, 2e-5, 1e-4), what);
-                /* too little scratch is refused, not overrun */
+                /* again (appending the same K/V again when append): the same bits, tickets back at zero */
+                void *d_out2 = dev_poison((size_t)B * C * esize(dt));
+                CK(attention_decode_cuda(d_out2, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT, S, append,
+                                         d_scratch, scratch_n, d_cnt, n_cnt, dt, 0));
+                SYNC();
+                float *got2 = host_from_dev(d_out2, (size_t)B * C, dt);
+                cr_assert(memcmp(got, got2, sizeof(float) * (size_t)B * C) == 0, "%s: a second launch differs", what);
+                unsigned *cnt = malloc(n_cnt * sizeof(unsigned));
+                cr_assert(cnt);
+                CK(cudaMemcpy(cnt, d_cnt, n_cnt * sizeof(unsigned), cudaMemcpyDeviceToHost));
+                for (size_t i = 0; i < n_cnt; i++) cr_assert_eq(cnt[i], 0u, "%s: ticket %zu left at %u", what, i, cnt[i]);
+                /* too little scratch, or too few tickets, is refused, not overrun */
                 cr_assert_neq(attention_decode_cuda(d_out, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT,
-                                                    S, append, d_scratch, scratch_n - 1, dt, 0),
+                                                    S, append, d_scratch, scratch_n - 1, d_cnt, n_cnt, dt, 0),
                               cudaSuccess);
+                cr_assert_neq(attention_decode_cuda(d_out, d_qkv, d_bias, d_kc, d_vc, d_slot, d_pos, B, NH, HS, maxT,
+                                                    S, append, d_scratch, scratch_n, d_cnt, n_cnt - 1, dt, 0),
+                              cudaSuccess);
+                free(cnt);
+                free(got2);
+                CK(cudaFree(d_out2));
+                CK(cudaFree(d_cnt));
                 free(got);
                 free(ref);
                 free(kc);
