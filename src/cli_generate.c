@@ -1076,8 +1076,10 @@ int cmd_generate(int argc, char **argv) {
                                   .deliver = mpi_deliver};
             int r = cli_mpi_run(&eng, have_engine, n_reqs, o.max_slots);
             if (e) print_plan_warning(e);
-            if (g_cancel) fprintf(stderr, "\ngpt2 generate: %sinterrupted; finished records are written, run "
-                                          "again with --resume for the rest\n", rank ? "a rank was " : "");
+            if (g_cancel && rank == 0)
+                fprintf(stderr, "\ngpt2 generate: interrupted; the records finished in input order are written, run "
+                                "again with --resume for the rest\n");
+            else if (g_cancel) fprintf(stderr, "gpt2 generate: rank %d: interrupted\n", rank);
             if (rank > 0) {
                 rc = r;
                 goto out;

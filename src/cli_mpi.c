@@ -196,7 +196,15 @@ int cli_mpi_start(const char *cmd, const char *device) {
         MPI_Comm_rank(node, &local);
         MPI_Comm_free(&node);
     }
-    return bind_gpu(cmd, device, local);
+    /* Every rank learns whether one could not bind (GPT2_MPI_GPUS wrong for its node), so that none
+     * waits for the others in vain: they all end here. */
+    int bad = bind_gpu(cmd, device, local) != 0, any = bad;
+    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any) {
+        cli_mpi_end();
+        return -1;
+    }
+    return 0;
 }
 
 void cli_mpi_end(void) {
@@ -448,6 +456,14 @@ static int run_rank0(const cli_mpi_engine *eng, int ok, int slots) {
         if (!active) sleep_ms(1);
     }
     sends_reap(&s, 1);
+    /* How the work spread (a slow or failed rank shows here). */
+    int *per = need(calloc((size_t)R, sizeof(int)));
+    for (int i = 0; i < g.n_reqs; i++)
+        if (g.state[i] == 2) per[g.owner[i]]++;
+    fprintf(stderr, "gpt2 generate: requests run per rank:");
+    for (int r = 0; r < R; r++) fprintf(stderr, " %d", per[r]);
+    fprintf(stderr, "\n");
+    free(per);
     if (given_back && !stopping)
         fprintf(stderr, "gpt2 generate: %d requests of failed ranks went to the other ranks\n", given_back);
     if (g.n_done < g.n_reqs && !stopping)
