@@ -543,22 +543,24 @@ int cmd_bench(int argc, char **argv) {
     json_t *root = NULL;
     const char *failure = NULL; /* the message of a batch size that failed */
     rc = 1;
+    int bad = 0; /* under MPI every rank learns of a failure here, so that none waits in vain */
     if (!res) {
         fprintf(stderr, "gpt2 bench: out of memory\n");
-        goto out;
+        bad = 1;
     }
     /* Open the JSON file first so that a bad path fails before minutes of benchmarking. */
-    if (a.json_path && cli_mpi_rank() == 0 && !(jf = fopen(a.json_path, "w"))) {
+    if (!bad && a.json_path && cli_mpi_rank() == 0 && !(jf = fopen(a.json_path, "w"))) {
         fprintf(stderr, "gpt2 bench: --json %s: cannot open for writing\n", a.json_path);
-        goto out;
+        bad = 1;
     }
 
     double t0 = now_s();
-    if (gpt2_model_load(c.model_dir, &m, &err) != GPT2_OK ||
-        gpt2_tokenizer_load(c.tokenizer_dir ? c.tokenizer_dir : c.model_dir, &tok, &err) != GPT2_OK) {
+    if (!bad && (gpt2_model_load(c.model_dir, &m, &err) != GPT2_OK ||
+                 gpt2_tokenizer_load(c.tokenizer_dir ? c.tokenizer_dir : c.model_dir, &tok, &err) != GPT2_OK)) {
         cli_report("bench", &err);
-        goto out;
+        bad = 1;
     }
+    if (cli_mpi_max(bad)) goto out;
     double load_model_s = now_s() - t0;
     /* A failing batch size (out of memory, say) ends the run; the sizes before it are still reported. */
     int n_done = 0;

@@ -215,6 +215,16 @@ void cli_mpi_end(void) {
     g.size = 1;
 }
 
+/* A few bytes of bookkeeping that cannot be had: every rank ends (the others would wait for
+ * this one forever). */
+static void *need(void *p) {
+    if (!p) {
+        fprintf(stderr, "gpt2: out of memory for MPI's bookkeeping\n");
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    return p;
+}
+
 int cli_mpi_max(int v) {
     if (!g.active) return v;
     int out = v;
@@ -236,11 +246,7 @@ void cli_mpi_reduce(const double *v, double *out, int n, char op) {
         if (out != v) memcpy(out, v, sizeof(double) * (size_t)n);
         return;
     }
-    double *tmp = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    if (!tmp) { /* cannot happen for the few numbers of a benchmark; keep this rank's own */
-        if (out != v) memcpy(out, v, sizeof(double) * (size_t)n);
-        return;
-    }
+    double *tmp = need(malloc(sizeof(double) * (size_t)(n > 0 ? n : 1)));
     MPI_Reduce(v, tmp, n, MPI_DOUBLE, op == 'm' ? MPI_MAX : MPI_SUM, 0, MPI_COMM_WORLD);
     if (g.rank == 0) memcpy(out, tmp, sizeof(double) * (size_t)n);
     else if (out != v) memcpy(out, v, sizeof(double) * (size_t)n);
@@ -339,18 +345,9 @@ static int grant_size(const pool *p, int want) {
     return want < share ? want : share;
 }
 
-/* Bookkeeping of a few ints per rank that cannot be had: nothing sensible is left to do. */
-static void *need(void *p) {
-    if (!p) {
-        fprintf(stderr, "gpt2 generate: out of memory for the job's bookkeeping\n");
-        MPI_Abort(MPI_COMM_WORLD, 1);
-    }
-    return p;
-}
-
 /* One message from rank r (its head h, then n bytes of record). */
 static void rank0_message(const cli_mpi_engine *eng, pool *p, int r, const up_head *h, char *rec, size_t n,
-                          int *want, int *open, int *n_open, int *stopping, int *given_back) {
+                          int *want, int *open, int *n_open, int *stopping, int *given_back, int *failed_ranks) {
     if (h->type == UP_WANT) {
         want[r] = h->req > 0 ? h->req : 1;
     } else if (h->type == UP_RECORD) {
@@ -365,7 +362,10 @@ static void rank0_message(const cli_mpi_engine *eng, pool *p, int r, const up_he
     } else if (h->type == UP_BYE && open[r]) {
         open[r] = 0;
         (*n_open)--;
-        if (h->failed) *given_back += pool_give_back(p, r);
+        if (h->failed) {
+            *given_back += pool_give_back(p, r);
+            (*failed_ranks)++;
+        }
     }
 }
 
@@ -377,6 +377,7 @@ static int run_rank0(const cli_mpi_engine *eng, int ok, int slots) {
     int *open = need(calloc((size_t)R, sizeof(int))); /* (R) 1 until the rank's BYE */
     int *chunk = need(malloc(sizeof(int) * (size_t)(2 * slots)));
     int n_open = R - 1, n_wanting = 0, local_ok = ok, stopping = 0, busy = 0, local_submitted = 0, given_back = 0;
+    int failed_ranks = 0; /* ranks (this one included) whose engine failed or that were stopped alone */
     for (int r = 1; r < R; r++) open[r] = 1;
     while (n_open > 0 || n_wanting > 0 ||
            (local_ok && !stopping && (local_submitted > g.local_finished || p.n_waiting > 0))) {
@@ -406,7 +407,8 @@ static int run_rank0(const cli_mpi_engine *eng, int ok, int slots) {
             }
             free(msg);
             int had = want[st.MPI_SOURCE] > 0;
-            rank0_message(eng, &p, st.MPI_SOURCE, &h, rec, n, want, open, &n_open, &stopping, &given_back);
+            rank0_message(eng, &p, st.MPI_SOURCE, &h, rec, n, want, open, &n_open, &stopping, &given_back,
+                          &failed_ranks);
             n_wanting += (want[st.MPI_SOURCE] > 0) - had;
         }
         if (!stopping && eng->stop(eng->user)) stopping = 1;
@@ -443,13 +445,17 @@ static int run_rank0(const cli_mpi_engine *eng, int ok, int slots) {
                     if (eng->submit(eng->user, chunk[i])) local_ok = 0;
                     else local_submitted++;
                 }
-                if (!local_ok) given_back += pool_give_back(&p, 0);
+                if (!local_ok) {
+                    given_back += pool_give_back(&p, 0);
+                    failed_ranks++;
+                }
             }
             if (local_ok && local_submitted > g.local_finished) {
                 active = 1;
                 if (eng->step(eng->user, &busy)) {
                     local_ok = 0;
                     given_back += pool_give_back(&p, 0);
+                    failed_ranks++;
                 }
             }
         }
@@ -464,8 +470,10 @@ static int run_rank0(const cli_mpi_engine *eng, int ok, int slots) {
     for (int r = 0; r < R; r++) fprintf(stderr, " %d", per[r]);
     fprintf(stderr, "\n");
     free(per);
-    if (given_back && !stopping)
-        fprintf(stderr, "gpt2 generate: %d requests of failed ranks went to the other ranks\n", given_back);
+    if (failed_ranks && !stopping)
+        fprintf(stderr, "gpt2 generate: %d rank%s stopped early (see %s messages); %d unfinished requests went to "
+                        "the other ranks\n", failed_ranks, failed_ranks > 1 ? "s" : "", failed_ranks > 1 ? "their" : "its",
+                given_back);
     if (g.n_done < g.n_reqs && !stopping)
         fprintf(stderr, "gpt2 generate: %d of %d requests could not run: no rank is left to run them; run again "
                         "with --resume\n", g.n_reqs - g.n_done, g.n_reqs);
@@ -474,7 +482,7 @@ static int run_rank0(const cli_mpi_engine *eng, int ok, int slots) {
     free(want);
     free(open);
     free(chunk);
-    return g.n_done == g.n_reqs && !stopping ? 0 : 1;
+    return g.n_done == g.n_reqs && !stopping && !failed_ranks ? 0 : 1;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -543,7 +551,9 @@ static int run_worker(const cli_mpi_engine *eng, int ok, int slots) {
         if (said_bye && !wanting) break; /* failed, and no answer still to come */
         if (!active) sleep_ms(1);
     }
-    return failed ? 1 : 0;
+    /* 0 even when this rank failed: rank 0's exit status says so, and a rank exiting with another
+     * status makes mpirun end the whole job, which the others can still finish. */
+    return 0;
 }
 
 int cli_mpi_run(const cli_mpi_engine *eng, int ok, int n_reqs, int slots) {

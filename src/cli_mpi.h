@@ -54,8 +54,9 @@ typedef struct {
  * and, near the end, fewer (a share of what is left), so that a slow rank holds the job back little;
  * a rank whose engine fails or stops gives its unfinished requests back to the others. `ok` is 0 on
  * a rank that has no engine (its creation failed, printed): it only takes part. Returns, on rank 0:
- * 0 when every request has its record, 1 otherwise (stopped, or no rank left to run the rest);
- * elsewhere 0, or 1 when this rank's engine failed. */
+ * 0 when every request has its record and no rank failed, else 1 (stopped, a rank failed, or no rank
+ * left to run the rest); elsewhere 0: a rank that exits with another status makes mpirun end the
+ * whole job, while the others can still finish it. */
 int cli_mpi_run(const cli_mpi_engine *eng, int ok, int n_reqs, int slots);
 
 /* Called for each record made on this rank, from the engine's callbacks. On a rank > 0 it sends the
