@@ -36,15 +36,30 @@ static struct {
     int local_finished; /* records this rank made */
 } g = {0, 0, 1, NULL, NULL, 0, 0, 0};
 
+/* Started by an MPI launcher: Open MPI's mpirun, a PMIx or PMI server (srun --mpi=pmix|pmi2, MPICH's
+ * hydra). A plain `gpt2 generate` never starts MPI, so it runs as it does in a build without it. */
+static int launched_by_mpi(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
+        if (getenv(vars[i])) return 1;
+    return 0;
+}
+
 int cli_mpi_rank(void) { return g.rank; }
 int cli_mpi_size(void) { return g.size; }
 
 #ifndef GPT2_HAVE_MPI
 
+/* Without MPI, several ranks would each run the whole job: refused, once (by the launcher's rank 0). */
 int cli_mpi_start(const char *cmd, const char *device) {
-    (void)cmd;
     (void)device;
-    return 0;
+    const char *size = getenv("OMPI_COMM_WORLD_SIZE"), *rank = getenv("OMPI_COMM_WORLD_RANK");
+    if (!size) size = getenv("PMI_SIZE"), rank = getenv("PMI_RANK");
+    if (!launched_by_mpi() || !size || atoi(size) <= 1) return 0;
+    if (!rank || atoi(rank) == 0)
+        fprintf(stderr, "gpt2 %s: started as %s MPI ranks, but built without MPI (make MPI=1, with mpicc): each "
+                        "would run the whole job\n", cmd, size);
+    return -1;
 }
 void cli_mpi_end(void) {}
 int cli_mpi_max(int v) { return v; }
@@ -87,15 +102,6 @@ typedef struct {
     int32_t pad;
     int64_t tokens; /* RECORD: tokens generated */
 } up_head;
-
-/* Started by an MPI launcher: Open MPI's mpirun, a PMIx or PMI server (srun --mpi=pmix|pmi2, MPICH's
- * hydra). A plain `gpt2 generate` never starts MPI, so it runs as it does in a build without it. */
-static int launched_by_mpi(void) {
-    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"};
-    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
-        if (getenv(vars[i])) return 1;
-    return 0;
-}
 
 /* The visible CUDA devices: the entries of $CUDA_VISIBLE_DEVICES, or "0".."n-1" for the n GPUs the
  * NVIDIA driver lists (counted without initialising CUDA, which would fix the device set). *out

@@ -139,11 +139,8 @@ static void args_add(args *a, const char *s) {
     a->v[a->n] = NULL;
 }
 
-/* MPI in the build and mpirun on the PATH, or the test skips (visibly). */
-static const char *mpirun_path(void) {
-#ifndef GPT2_HAVE_MPI
-    cr_skip_test("built without MPI (make MPI=1 with mpicc, or `make deps` to install Open MPI)");
-#endif
+/* mpirun on the PATH, or the test skips (visibly). */
+static const char *find_mpirun(void) {
     static char path[512];
     const char *p = getenv("PATH");
     for (const char *s = p ? p : ""; *s;) {
@@ -157,12 +154,20 @@ static const char *mpirun_path(void) {
     return NULL;
 }
 
+/* MPI in the build and mpirun on the PATH, or the test skips (visibly). */
+static const char *mpirun_path(void) {
+#ifndef GPT2_HAVE_MPI
+    cr_skip_test("built without MPI (make MPI=1 with mpicc, or `make deps` to install Open MPI)");
+#endif
+    return find_mpirun();
+}
+
 /* `gpt2 COMMAND` on the tiny model, one CPU thread per rank, under `mpirun -n ranks` (0: no mpirun). */
 static void args_init(args *a, int ranks, const char *command) {
     a->n = 0;
     a->v[0] = NULL;
     if (ranks > 0) {
-        args_add(a, mpirun_path());
+        args_add(a, find_mpirun());
         /* loopback only, no binding to cores (3 ranks on 2 cores), Open MPI's own point-to-point */
         const char *mpi[] = {"--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,tcp", "--mca",
                              "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo", "--mca", "pml", "ob1"};
@@ -563,6 +568,24 @@ Test(mpi, bench_aggregates_over_ranks) {
             cr_assert(isfinite(v) && v > 0, "batch %zu: aggregate %s = %g", i, keys[k], v);
         }
     }
+    workdir_remove(&w);
+}
+
+/* A build without MPI started as several ranks refuses, once, rather than run the job once per rank. */
+Test(mpi, build_without_mpi_refuses_several_ranks) {
+#ifdef GPT2_HAVE_MPI
+    cr_skip_test("built with MPI (this checks a build made with MPI=0)");
+#endif
+    workdir w;
+    workdir_make(&w);
+    write_requests(&w, 3, 0);
+    args a;
+    args_generate(&a, 2, &w, w.out);
+    int rc = run(&a, &w, NULL);
+    char *err = slurp(w.err, NULL);
+    cr_assert_neq(rc, 0, "%s", err);
+    cr_assert_eq(count_str(err, "built without MPI"), 1, "%s", err);
+    cr_assert_eq(count_lines(w.out), 0, "a rank wrote records");
     workdir_remove(&w);
 }
 
