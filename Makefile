@@ -9,6 +9,10 @@ CUDA    ?= $(if $(NVCC),1,0)
 # Compute capabilities for the CUDA build, a space-separated list ("80 90"): machine code for each, and
 # PTX of the last one so that newer GPUs JIT-compile it. tools/gpu_check.sh sets it from the GPU it finds.
 CUDA_ARCH ?= 90
+# MPI=1 builds the CLI with MPI (data-parallel `mpirun -n R build/gpt2 generate ...`, see the README);
+# on when mpicc is found. The library never uses MPI; without it the CLI runs as one process.
+MPICC   ?= $(shell command -v mpicc 2>/dev/null)
+MPI     ?= $(if $(MPICC),1,0)
 # WERROR=0 turns warnings back into warnings (C and nvcc), for compilers newer than the tested ones.
 WERROR  ?= 1
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
@@ -47,6 +51,24 @@ else
 CU_OBJS     :=
 CUDA_LIBS   :=
 endif
+
+ifeq ($(MPI),1)
+# Open MPI's wrapper says how to compile and link against it (MPICH's: -compile-info / -link-info);
+# its headers as system headers, so that -Werror does not judge them.
+MPI_CFLAGS ?= $(patsubst -I%,-isystem %,$(shell $(MPICC) --showme:compile 2>/dev/null || $(MPICC) -compile-info 2>/dev/null | cut -d' ' -f2-))
+MPI_LIBS   ?= $(shell $(MPICC) --showme:link 2>/dev/null || $(MPICC) -link-info 2>/dev/null | cut -d' ' -f2-)
+$(BUILD)/src/cli_mpi.o: CFLAGS += -DGPT2_HAVE_MPI $(MPI_CFLAGS)
+$(BUILD)/tests/test_mpi.o: CFLAGS += -DGPT2_HAVE_MPI
+else
+MPI_LIBS   :=
+endif
+# Which build (MPI=0 or 1) cli_mpi.o and test_mpi.o were built for: switching rebuilds them.
+MPI_STAMP := $(BUILD)/mpi-$(MPI).stamp
+$(MPI_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/mpi-*.stamp
+	@touch $@
+$(BUILD)/src/cli_mpi.o $(BUILD)/tests/test_mpi.o: $(MPI_STAMP)
 
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_OBJS)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
@@ -103,7 +125,7 @@ $(BUILD)/libgpt2_internal.a: $(LIB_OBJS) $(CUDA_STAMP)
 	ar rcs $@ $(LIB_OBJS)
 
 $(BUILD)/gpt2: $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a $(LDLIBS) $(MPI_LIBS)
 
 $(BUILD)/test_gpt2: $(TEST_OBJS) $(BUILD)/libgpt2_internal.a
 	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(BUILD)/libgpt2_internal.a $(LDLIBS) $(TEST_LDLIBS)
@@ -192,7 +214,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    build-essential clang libclang-rt-14-dev libcriterion-dev libjansson-dev libpcre2-dev pkgconf python3
+	    build-essential clang libclang-rt-14-dev libcriterion-dev libjansson-dev libpcre2-dev pkgconf python3 \
+	    libopenmpi-dev openmpi-bin
 	@# optional: lets the loader tests compare with the reference safetensors reader (they skip without it)
 	-python3 -m pip install -q safetensors numpy 2>/dev/null
 

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "cli_mpi.h"
 #include "util.h"
 
 enum { OPT_BATCH = 4000, OPT_PROMPT_LEN, OPT_GEN_LEN, OPT_WARMUP, OPT_SEED, OPT_JSON, OPT_PROMPT_IDS, OPT_MAX_TOKENS };
@@ -268,16 +269,23 @@ static gpt2_status bench_batch(const cli_common *c, const bench_args *a, const g
     o.max_seq = P + G;
     o.max_tokens = r->max_tokens;
     double t0 = now_s();
-    if ((st = gpt2_engine_create_from(m, tok, &o, &e, err)) != GPT2_OK) goto out;
-    r->create_s = now_s() - t0;
     gpt2_plan plan;
-    gpt2_engine_plan(e, &plan);
-    snprintf(r->backend, sizeof r->backend, "%s", plan.device);
-
     double prefill_s = 0, total_s = 0;
     int n_steps = 0;
     long decode_tokens = 0;
-    for (int w = 0; w <= a->warmup && st == GPT2_OK; w++)
+    if ((st = gpt2_engine_create_from(m, tok, &o, &e, err)) != GPT2_OK) goto timed;
+    r->create_s = now_s() - t0;
+    gpt2_engine_plan(e, &plan);
+    snprintf(r->backend, sizeof r->backend, "%s", plan.device);
+
+    for (int w = 0; w < a->warmup && st == GPT2_OK; w++)
+        st = generate_engine(e, prompts, B, P, G, step_s, &n_steps, &prefill_s, &total_s, &decode_tokens, r->seq0,
+                             err);
+timed:
+    /* Under MPI every rank runs this batch size: the timed runs start together (a collective every
+     * rank reaches, failed or not), so that the aggregate measures them side by side. */
+    if (cli_mpi_max(st != GPT2_OK) && st == GPT2_OK) st = gpt2_fail(err, GPT2_ERR_ABORTED, "another rank failed");
+    if (st == GPT2_OK)
         st = generate_engine(e, prompts, B, P, G, step_s, &n_steps, &prefill_s, &total_s, &decode_tokens, r->seq0,
                              err);
     if (st != GPT2_OK) goto out;
@@ -364,6 +372,47 @@ static void print_table(const cli_common *c, const bench_args *a, const gpt2_mod
                e2e, x->peak_rss_mib);
         if (x->have_dev) printf(" %.0f\n", x->dev_plan_mib);
         else printf(" -\n");
+    }
+}
+
+/* Under MPI, per batch size: every rank's prefill, decode and end-to-end tokens over the slowest
+ * rank's time, out (3 x n): the job's throughput (the timed runs start together). Collective. */
+static void mpi_aggregate(const bench_args *a, const batch_result *r, int n, double *out) {
+    double tok[3 * MAX_BATCHES], sec[3 * MAX_BATCHES];
+    for (int i = 0; i < n; i++) {
+        tok[3 * i] = (double)r[i].batch * a->prompt_len;
+        tok[3 * i + 1] = (double)r[i].decode_tokens;
+        tok[3 * i + 2] = (double)r[i].batch * a->gen_len;
+        sec[3 * i] = r[i].prefill_s;
+        sec[3 * i + 1] = r[i].decode_s;
+        sec[3 * i + 2] = r[i].e2e_s;
+    }
+    cli_mpi_reduce(tok, tok, 3 * n, 's');
+    cli_mpi_reduce(sec, sec, 3 * n, 'm');
+    for (int i = 0; i < 3 * n; i++) out[i] = tok[i] / sec[i];
+}
+
+static void print_aggregate(const bench_args *a, const batch_result *r, int n, const double *agg) {
+    (void)a;
+    printf("aggregate over %d ranks (every rank's tokens / the slowest rank's time):\n", cli_mpi_size());
+    printf("%6s %14s %13s %12s\n", "batch", "prefill tok/s", "decode tok/s", "e2e tok/s");
+    for (int i = 0; i < n; i++)
+        printf("%6d %14.1f %13.1f %12.1f\n", r[i].batch, agg[3 * i], agg[3 * i + 1], agg[3 * i + 2]);
+}
+
+static void add_aggregate_json(json_t *root, const batch_result *r, int n, const double *agg) {
+    json_t *res = json_object_get(root, "results");
+    json_object_set_new(root, "ranks", json_integer(cli_mpi_size()));
+    for (int i = 0; i < n; i++) {
+        json_t *o = json_array_get(res, (size_t)i), *x = json_object();
+        if (!o || !x || r[i].batch != json_integer_value(json_object_get(o, "batch"))) {
+            json_decref(x);
+            continue;
+        }
+        json_object_set_new(x, "prefill_tok_s", json_real(agg[3 * i]));
+        json_object_set_new(x, "decode_tok_s", json_real(agg[3 * i + 1]));
+        json_object_set_new(x, "e2e_tok_s", json_real(agg[3 * i + 2]));
+        json_object_set_new(o, "aggregate", x);
     }
 }
 
@@ -481,6 +530,11 @@ int cmd_bench(int argc, char **argv) {
 
     int *prompts = NULL;
     if ((rc = make_prompts(&a, max_b, cfg.vocab_size, &prompts))) return rc;
+    /* Under mpirun/srun: every rank runs the same benchmark on its own GPU; rank 0 reports them all. */
+    if (cli_mpi_start("bench", c.device)) {
+        free(prompts);
+        return 1;
+    }
 
     FILE *jf = NULL;
     gpt2_model *m = NULL;
@@ -489,37 +543,51 @@ int cmd_bench(int argc, char **argv) {
     json_t *root = NULL;
     const char *failure = NULL; /* the message of a batch size that failed */
     rc = 1;
+    int bad = 0; /* under MPI every rank learns of a failure here, so that none waits in vain */
     if (!res) {
         fprintf(stderr, "gpt2 bench: out of memory\n");
-        goto out;
+        bad = 1;
     }
     /* Open the JSON file first so that a bad path fails before minutes of benchmarking. */
-    if (a.json_path && !(jf = fopen(a.json_path, "w"))) {
+    if (!bad && a.json_path && cli_mpi_rank() == 0 && !(jf = fopen(a.json_path, "w"))) {
         fprintf(stderr, "gpt2 bench: --json %s: cannot open for writing\n", a.json_path);
-        goto out;
+        bad = 1;
     }
 
     double t0 = now_s();
-    if (gpt2_model_load(c.model_dir, &m, &err) != GPT2_OK ||
-        gpt2_tokenizer_load(c.tokenizer_dir ? c.tokenizer_dir : c.model_dir, &tok, &err) != GPT2_OK) {
+    if (!bad && (gpt2_model_load(c.model_dir, &m, &err) != GPT2_OK ||
+                 gpt2_tokenizer_load(c.tokenizer_dir ? c.tokenizer_dir : c.model_dir, &tok, &err) != GPT2_OK)) {
         cli_report("bench", &err);
-        goto out;
+        bad = 1;
     }
+    if (cli_mpi_max(bad)) goto out;
     double load_model_s = now_s() - t0;
     /* A failing batch size (out of memory, say) ends the run; the sizes before it are still reported. */
     int n_done = 0;
-    for (; n_done < a.n_batch; n_done++)
-        if (bench_batch(&c, &a, m, tok, prompts, a.batch[n_done], &res[n_done], &err) != GPT2_OK) {
+    for (; n_done < a.n_batch; n_done++) {
+        st = bench_batch(&c, &a, m, tok, prompts, a.batch[n_done], &res[n_done], &err);
+        if (cli_mpi_max(st != GPT2_OK) && st == GPT2_OK) /* every rank stops at the same batch size */
+            st = gpt2_fail(&err, GPT2_ERR_ABORTED, "batch %d: another rank failed", a.batch[n_done]);
+        if (st != GPT2_OK) {
             cli_report("bench", &err);
             failure = err.msg;
             break;
         }
+    }
+    double agg[3 * MAX_BATCHES];
+    mpi_aggregate(&a, res, n_done, agg);
+    if (cli_mpi_rank() > 0) { /* rank 0 reports for all */
+        rc = failure ? 1 : 0;
+        goto out;
+    }
     const char *be_name = n_done > 0 ? res[0].backend : c.device;
     double load_s = load_model_s + (n_done > 0 ? res[0].create_s : 0);
     if (n_done > 0) print_table(&c, &a, m, be_name, load_model_s, load_s, res, n_done);
+    if (n_done > 0 && cli_mpi_size() > 1) print_aggregate(&a, res, n_done, agg);
     if (fflush(stdout)) goto out;
     if (jf) {
         root = results_json(&c, &a, m, be_name, load_model_s, load_s, res, n_done, failure);
+        if (root && cli_mpi_size() > 1) add_aggregate_json(root, res, n_done, agg);
         if (!root || json_dumpf(root, jf, JSON_INDENT(2)) || fputc('\n', jf) == EOF) {
             fprintf(stderr, "gpt2 bench: --json %s: write failed\n", a.json_path);
             goto out;
@@ -541,5 +609,6 @@ out:
     free(prompts);
     gpt2_model_free(m);
     gpt2_tokenizer_free(tok);
+    cli_mpi_end();
     return rc;
 }

@@ -22,12 +22,14 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_mpi.h"
 #include "request.h"
 #include "util.h"
 
 enum {
     OPT_PROMPT = 3000, OPT_INPUT, OPT_OUTPUT, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
-    OPT_REP, OPT_FREQ, OPT_PRES, OPT_BATCH, OPT_NO_SPECIAL, OPT_TRUNCATE, OPT_RESUME, OPT_PROGRESS
+    OPT_REP, OPT_FREQ, OPT_PRES, OPT_BATCH, OPT_NO_SPECIAL, OPT_TRUNCATE, OPT_RESUME, OPT_PROGRESS,
+    OPT_PROGRESS_INTERVAL
 };
 
 static const char HELP[] =
@@ -55,12 +57,17 @@ static const char HELP[] =
     "  --batch N                sequences decoded together (default: 8 on cpu, 64 on cuda)\n"
     "  --truncate               cut prompts that do not fit in the context from the left\n"
     "  --no-special             encode <|endoftext|> in prompts as ordinary text\n"
-    "  --progress               progress on stderr even when it is not a terminal\n" CLI_COMMON_HELP;
+    "  --progress               progress on stderr even when it is not a terminal: a line every\n"
+    "                           --progress-interval seconds (requests done / total, tokens/s, time left)\n"
+    "  --progress-interval S    seconds between those lines (default 30; implies --progress)\n"
+    "Under mpirun or srun each rank runs an engine (on its own GPU) and rank 0 writes the output; see\n"
+    "the README (\"Many GPUs\").\n" CLI_COMMON_HELP;
 
 typedef struct {
     const char *prompt, *input, *output;
     gpt2_request_spec defaults;
     int batch, no_special, truncate, resume, progress;
+    double progress_interval; /* seconds between progress lines when stderr is not a terminal */
     gpt2_error err;
 } gen_args;
 
@@ -107,6 +114,13 @@ static int gen_option(int opt, const char *arg, void *ctx) {
     case OPT_TRUNCATE: a->truncate = 1; return 1;
     case OPT_RESUME: a->resume = 1; return 1;
     case OPT_PROGRESS: a->progress = 1; return 1;
+    case OPT_PROGRESS_INTERVAL: {
+        double d;
+        if (cli_parse_float("generate", "--progress-interval", arg, 0.001, 1e6, &d)) return -1;
+        a->progress = 1;
+        a->progress_interval = d;
+        return 1;
+    }
     case 'n':
         if (cli_parse_int("generate", "--max-tokens", arg, 0, 1 << 20, &v)) return -1;
         a->defaults.max_tokens = (int)v;
@@ -165,7 +179,9 @@ typedef struct {
     FILE *out;
     int write_failed;
     const char *out_name;
-    int progress;
+    int progress;          /* 1: a live line on a terminal; 2: a plain line per interval */
+    double progress_every; /* seconds, for 2 */
+    double progress_next;  /* when the next line is due (seconds since t0) */
     long long tokens_out;
     struct timespec t0;
 } batch;
@@ -470,6 +486,50 @@ static double elapsed(const struct timespec *t0) {
     return (double)(t.tv_sec - t0->tv_sec) + 1e-9 * (double)(t.tv_nsec - t0->tv_nsec);
 }
 
+/* Progress on stderr: on a terminal one line rewritten in place (at most 5 times a second); else
+ * (--progress) a plain line every progress_every seconds and one at the end. */
+static void show_progress(batch *b, int final) {
+    double t = elapsed(&b->t0);
+    if (!b->progress || (!final && t < b->progress_next)) return;
+    b->progress_next = t + (b->progress == 1 ? 0.2 : b->progress_every);
+    double rate = b->tokens_out / (t > 0 ? t : 1);
+    double left = b->n_finished ? t / b->n_finished * (b->n_to_run - b->n_finished) : 0;
+    if (b->progress == 1)
+        fprintf(stderr, "\r%d/%d done, %.1f tokens/s, %.0f s left   %s", b->n_finished, b->n_to_run, rate, left,
+                final ? "\n" : "");
+    else
+        fprintf(stderr, "gpt2 generate: progress: %d/%d requests done, %.1f tokens/s, %.0f s left\n", b->n_finished,
+                b->n_to_run, rate, left);
+}
+
+/* A request's record is ready (j->record; failed: an error record): written in input order, or, on
+ * an MPI rank > 0, sent to rank 0, which writes it. Returns nonzero to stop (a failed write). */
+static int record_in(batch *b, int req, int failed, long tokens) {
+    job *j = &b->jobs[b->req_job[req]];
+    if (failed) {
+        j->failed = 1;
+        b->n_failed++;
+    }
+    b->n_finished++;
+    b->tokens_out += tokens;
+    flush_records(b, 0);
+    show_progress(b, b->n_finished == b->n_to_run);
+    return b->write_failed;
+}
+
+static int record_ready(batch *b, int req, int failed, long tokens) {
+    job *j = &b->jobs[b->req_job[req]];
+    if (cli_mpi_rank() > 0) {
+        int rc = cli_mpi_record(req, failed, tokens, j->record, strlen(j->record));
+        free(j->record);
+        j->record = NULL;
+        j->done = 1;
+        return rc;
+    }
+    cli_mpi_record(req, failed, tokens, j->record, strlen(j->record)); /* rank 0: noted done */
+    return record_in(b, req, failed, tokens);
+}
+
 static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens, const char *text, size_t n_text,
                            gpt2_finish reason) {
     batch *b = user;
@@ -492,16 +552,7 @@ static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens,
         fprintf(stderr, "gpt2 generate: out of memory building the record of line %d\n", j->line);
         return 1;
     }
-    b->n_finished++;
-    b->tokens_out += n_tokens;
-    flush_records(b, 0);
-    if (b->progress) {
-        double t = elapsed(&b->t0), rate = b->tokens_out / (t > 0 ? t : 1);
-        double left = b->n_finished ? t / b->n_finished * (b->n_to_run - b->n_finished) : 0;
-        fprintf(stderr, "\r%d/%d done, %.1f tokens/s, %.0f s left   ", b->n_finished, b->n_to_run, rate, left);
-        if (b->n_finished == b->n_to_run) fprintf(stderr, "\n");
-    }
-    return b->write_failed;
+    return record_ready(b, req, 0, n_tokens);
 }
 
 /* A request that failed while running (non-finite logits): an error record in its place, retried by
@@ -509,15 +560,11 @@ static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens,
 static int on_error_batch(void *user, int req, const char *msg) {
     batch *b = user;
     job *j = &b->jobs[b->req_job[req]];
-    j->failed = 1;
-    b->n_failed++;
-    b->n_finished++;
     if (!(j->record = error_record(j, msg))) {
         fprintf(stderr, "gpt2 generate: out of memory building the record of line %d\n", j->line);
         return 1;
     }
-    flush_records(b, 0);
-    return b->write_failed;
+    return record_ready(b, req, 1, 0);
 }
 
 static int on_error_stream(void *user, int req, const char *msg) {
@@ -643,7 +690,8 @@ static int check_duplicates(batch *b) {
     int bad = 0;
     for (int i = 1; i < b->n_jobs && bad < 10; i++)
         if (!strcmp(v[i]->key, v[i - 1]->key)) {
-            fprintf(stderr, "gpt2 generate: duplicate id %s on lines %d and %d\n", v[i]->key, v[i - 1]->line,
+            if (cli_mpi_rank() == 0) /* every rank checks the input; one says so */
+                fprintf(stderr, "gpt2 generate: duplicate id %s on lines %d and %d\n", v[i]->key, v[i - 1]->line,
                     v[i]->line);
             bad++;
         }
@@ -793,6 +841,86 @@ static gpt2_engine_opts plan_opts(const cli_common *c, const gen_args *a, const 
     return o;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Under MPI (see cli_mpi.h)                                                                        */
+
+/* A library error, naming the rank under MPI (each rank reports its own engine's). */
+static void mpi_report(const gpt2_error *err) {
+    if (cli_mpi_size() > 1)
+        fprintf(stderr, "gpt2 generate: rank %d: %s\n", cli_mpi_rank(), err->msg[0] ? err->msg : gpt2_strerror(err->status));
+    else cli_report("generate", err);
+}
+
+static void print_plan_warning(const gpt2_engine *e) {
+    gpt2_plan plan; /* the library never prints: a problem it worked around (graphs off) is shown here */
+    if (gpt2_engine_plan(e, &plan) == GPT2_OK && plan.warning[0])
+        fprintf(stderr, "gpt2 generate: warning: %s\n", plan.warning);
+}
+
+/* Every rank read the input itself: the same file, or the job is refused (a rank on a node that
+ * sees another file would run other requests under the same ids). Then rank 0 says which requests
+ * its output already holds (--resume). 0 ok, else the exit code, on every rank alike. */
+static int mpi_share_jobs(batch *b, const char *text, size_t n_text) {
+    uint64_t h = fnv1a(FNV_OFFSET, text, n_text);
+    int mine[3] = {b->n_jobs, 0, 0}, head[3];
+    memcpy(&mine[1], &h, sizeof h);
+    memcpy(head, mine, sizeof head);
+    if (cli_mpi_bcast_ints(head, 3)) return 1;
+    int bad = memcmp(head, mine, sizeof head) != 0;
+    if (bad)
+        fprintf(stderr, "gpt2 generate: rank %d: its --input (%d requests) is not the file rank 0 read (%d requests): "
+                        "every rank must read the same file\n", cli_mpi_rank(), b->n_jobs, head[0]);
+    int *done = bad ? NULL : calloc((size_t)b->n_jobs + 1, sizeof(int));
+    if (!bad && !done) fprintf(stderr, "gpt2 generate: rank %d: out of memory\n", cli_mpi_rank());
+    if (cli_mpi_max(!done)) {
+        free(done);
+        return 1;
+    }
+    for (int i = 0; i < b->n_jobs; i++) done[i] = b->jobs[i].done;
+    int rc = cli_mpi_bcast_ints(done, b->n_jobs) ? 1 : 0;
+    for (int i = 0; i < b->n_jobs; i++) b->jobs[i].done = done[i];
+    free(done);
+    return rc;
+}
+
+/* This rank's engine, as cli_mpi_run drives it. */
+typedef struct {
+    gpt2_engine *e;
+    gpt2_request *reqs; /* (n_reqs) */
+    int *failed;        /* a callback failed (a write, or a send to rank 0) */
+    batch *b;
+} mpi_run;
+
+static int mpi_submit(void *user, int req) {
+    mpi_run *x = user;
+    gpt2_error err = {0};
+    if (gpt2_engine_submit(x->e, &x->reqs[req], NULL, &err) == GPT2_OK) return 0;
+    mpi_report(&err);
+    return -1;
+}
+
+static int mpi_step(void *user, int *busy) {
+    mpi_run *x = user;
+    gpt2_error err = {0};
+    if (gpt2_engine_step(x->e, busy, &err) != GPT2_OK) {
+        mpi_report(&err);
+        return -1;
+    }
+    return *x->failed ? -1 : 0;
+}
+
+static int mpi_stop(void *user) {
+    const mpi_run *x = user;
+    return g_cancel || x->b->write_failed;
+}
+
+static int mpi_deliver(void *user, int req, int failed, long tokens, char *rec, size_t n) {
+    mpi_run *x = user;
+    (void)n;
+    x->b->jobs[x->b->req_job[req]].record = rec;
+    return record_in(x->b, req, failed, tokens);
+}
+
 int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {
         CLI_COMMON_OPTIONS,
@@ -804,13 +932,15 @@ int cmd_generate(int argc, char **argv) {
         {"frequency-penalty", required_argument, 0, OPT_FREQ}, {"presence-penalty", required_argument, 0, OPT_PRES},
         {"batch", required_argument, 0, OPT_BATCH}, {"no-special", no_argument, 0, OPT_NO_SPECIAL},
         {"truncate", no_argument, 0, OPT_TRUNCATE}, {"resume", no_argument, 0, OPT_RESUME},
-        {"progress", no_argument, 0, OPT_PROGRESS}, {0, 0, 0, 0}};
+        {"progress", no_argument, 0, OPT_PROGRESS}, {"progress-interval", required_argument, 0, OPT_PROGRESS_INTERVAL},
+        {0, 0, 0, 0}};
     cli_common c;
     gen_args a = {0};
     cli_common_init(&c);
     a.defaults.max_tokens = 64;
     a.defaults.sampling = gpt2_sampling_default();
     a.defaults.sampling.temperature = 1.0f;
+    a.progress_interval = 30;
     int rc = cli_parse_args("generate", argc, argv, opts, &c, HELP, gen_option, &a);
     if (rc) {
         gpt2_request_spec_free(&a.defaults);
@@ -825,6 +955,19 @@ int cmd_generate(int argc, char **argv) {
     if (a.input && a.output && output_is_input(a.input, a.output)) {
         fprintf(stderr, "gpt2 generate: --output %s is the same file as --input %s; writing it would destroy the "
                         "input\n", a.output, a.input);
+        gpt2_request_spec_free(&a.defaults);
+        return EXIT_USAGE;
+    }
+    /* Under mpirun/srun: MPI, and this rank's GPU, before anything touches CUDA. */
+    if (cli_mpi_start("generate", c.device)) {
+        gpt2_request_spec_free(&a.defaults);
+        return 1;
+    }
+    int mpi = cli_mpi_size() > 1, rank = cli_mpi_rank(), synced = 0;
+    if (mpi && (a.prompt || !strcmp(a.input, "-"))) { /* mpirun gives standard input to rank 0 alone */
+        if (rank == 0) fprintf(stderr, "gpt2 generate: under mpirun or srun every rank reads the requests: give "
+                                       "--input FILE (not --prompt, not standard input)\n");
+        cli_mpi_end();
         gpt2_request_spec_free(&a.defaults);
         return EXIT_USAGE;
     }
@@ -866,9 +1009,17 @@ int cmd_generate(int argc, char **argv) {
         for (int i = 0; i < b.n_jobs; i++)
             if (!b.jobs[i].failed) job_fingerprint(&b.jobs[i], model_id, &c, &a);
         b.out_name = a.output ? a.output : "standard output";
-        if (a.output && open_output_locked(a.output, a.resume, &b.out)) goto out;
-        if (!a.output) b.out = stdout;
-        if (a.resume && (rc = resume_from(&b, a.output, &b.out)) != 0) goto out;
+        if (rank == 0) { /* only rank 0 writes the output (see cli_mpi.h) */
+            if (a.output && open_output_locked(a.output, a.resume, &b.out)) goto out;
+            if (!a.output) b.out = stdout;
+            if (a.resume && (rc = resume_from(&b, a.output, &b.out)) != 0) goto out;
+        }
+        rc = 1;
+    }
+    /* Every rank has read the same input; rank 0 says which requests the output already holds. */
+    if (mpi) {
+        synced = 1;
+        if ((rc = cli_mpi_max(0)) != 0 || (rc = mpi_share_jobs(&b, text, n_text)) != 0) goto out;
         rc = 1;
     }
 
@@ -888,44 +1039,72 @@ int cmd_generate(int argc, char **argv) {
     }
     b.n_to_run = n_reqs;
 
-    if (a.input) {
-        b.progress = a.progress || isatty(STDERR_FILENO);
+    if (a.input && rank == 0) {
+        b.progress = isatty(STDERR_FILENO) ? 1 : a.progress ? 2 : 0;
+        b.progress_every = a.progress_interval;
+        b.progress_next = b.progress == 2 ? b.progress_every : 0;
         flush_records(&b, 0); /* error records at the head of the input */
     }
     if (n_reqs > 0) {
         gpt2_engine_opts o = plan_opts(&c, &a, m, reqs, n_reqs);
-        if (gpt2_engine_create_from(m, tok, &o, &e, &err) != GPT2_OK) {
-            cli_report("generate", &err);
-            goto out;
+        int have_engine = gpt2_engine_create_from(m, tok, &o, &e, &err) == GPT2_OK;
+        if (!have_engine) {
+            mpi_report(&err);
+            if (!mpi) goto out; /* under MPI this rank still takes part; the others run its share */
         }
         struct sigaction sa = {.sa_handler = on_signal};
         sigemptyset(&sa.sa_mask);
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         clock_gettime(CLOCK_MONOTONIC, &b.t0);
-        if (!(users = calloc((size_t)n_reqs, sizeof *users))) goto out;
+        if (!(users = calloc((size_t)n_reqs, sizeof *users))) {
+            fprintf(stderr, "gpt2 generate: out of memory for %d requests\n", n_reqs);
+            if (!mpi) goto out;
+            have_engine = 0;
+        }
         gpt2_status st = GPT2_OK;
         int busy = n_reqs, failed = 0;
-        for (int i = 0; i < n_reqs && st == GPT2_OK; i++) {
+        for (int i = 0; users && i < n_reqs; i++) {
             users[i] = (req_user){.b = &b, .req = i, .stream = a.prompt != NULL, .failed = &failed};
             reqs[i].on_event = on_event;
             reqs[i].user = &users[i];
-            st = gpt2_engine_submit(e, &reqs[i], NULL, &err);
         }
-        /* Step until done, interrupted (SIGINT: unfinished requests are left for --resume) or a write fails. */
-        while (st == GPT2_OK && busy > 0 && !g_cancel && !failed) st = gpt2_engine_step(e, &busy, &err);
-        gpt2_plan plan; /* the library never prints: a problem it worked around (graphs off) is shown here */
-        if (gpt2_engine_plan(e, &plan) == GPT2_OK && plan.warning[0])
-            fprintf(stderr, "gpt2 generate: warning: %s\n", plan.warning);
-        if (st == GPT2_OK && failed) st = gpt2_fail(&err, GPT2_ERR_ABORTED, "generation aborted by the caller");
-        if (a.prompt) printf("\n");
-        if (st != GPT2_OK && !b.write_failed) cli_report("generate", &err);
-        if (g_cancel) fprintf(stderr, "\ngpt2 generate: interrupted; finished records are written, run again "
-                                      "with --resume for the rest\n");
-        if (st != GPT2_OK || g_cancel || b.write_failed) {
-            if (b.out) flush_records(&b, 1);
-            goto out;
+        if (mpi) {
+            /* Rank 0 hands out the requests and writes the records; every rank runs some. */
+            mpi_run x = {.e = e, .reqs = reqs, .failed = &failed, .b = &b};
+            cli_mpi_engine eng = {.user = &x, .submit = mpi_submit, .step = mpi_step, .stop = mpi_stop,
+                                  .deliver = mpi_deliver};
+            int r = cli_mpi_run(&eng, have_engine, n_reqs, o.max_slots);
+            if (e) print_plan_warning(e);
+            if (g_cancel && rank == 0)
+                fprintf(stderr, "\ngpt2 generate: interrupted; the records finished in input order are written, run "
+                                "again with --resume for the rest\n");
+            else if (g_cancel) fprintf(stderr, "gpt2 generate: rank %d: interrupted\n", rank);
+            if (rank > 0) {
+                rc = r;
+                goto out;
+            }
+            if (b.out) flush_records(&b, 0); /* in input order only: the file stays a prefix of the job's */
+            if (r || b.write_failed) goto out;
+        } else {
+            for (int i = 0; i < n_reqs && st == GPT2_OK; i++) st = gpt2_engine_submit(e, &reqs[i], NULL, &err);
+            /* Step until done, interrupted (SIGINT: unfinished requests are left for --resume) or a write fails. */
+            while (st == GPT2_OK && busy > 0 && !g_cancel && !failed) st = gpt2_engine_step(e, &busy, &err);
+            print_plan_warning(e);
+            if (st == GPT2_OK && failed) st = gpt2_fail(&err, GPT2_ERR_ABORTED, "generation aborted by the caller");
+            if (a.prompt) printf("\n");
+            if (st != GPT2_OK && !b.write_failed) cli_report("generate", &err);
+            if (g_cancel) fprintf(stderr, "\ngpt2 generate: interrupted; finished records are written, run again "
+                                          "with --resume for the rest\n");
+            if (st != GPT2_OK || g_cancel || b.write_failed) {
+                if (b.out) flush_records(&b, 1);
+                goto out;
+            }
         }
+    }
+    if (rank > 0) { /* nothing to run: rank 0 reports */
+        rc = 0;
+        goto out;
     }
     if (b.out) flush_records(&b, 1);
     rc = b.n_failed || b.write_failed ? 1 : 0;
@@ -945,5 +1124,7 @@ out:
     gpt2_model_free(m);
     gpt2_tokenizer_free(tok);
     gpt2_request_spec_free(&a.defaults);
+    if (mpi && !synced) rc = cli_mpi_max(rc ? rc : 1); /* failed before the others heard: tell them */
+    cli_mpi_end();
     return rc;
 }
