@@ -240,6 +240,14 @@ float cpu_f16_to_f32(uint16_t h) {
 /* k block of the matmul tiles: 256 rows of a fp32 panel are 16 KiB, half of L1. */
 enum { MM_KC = 256 };
 
+/* Rows of each register tile when `rows` rows go in tiles of at most mr: equal heights (8 rows with
+ * mr = 6: 4 + 4, not 6 + 2), as a short tile has too few independent accumulators to hide the FMA
+ * latency; the last tile may be shorter. */
+static inline int mm_tile_height(int rows, int mr) {
+    int tiles = (rows + mr - 1) / mr;
+    return tiles > 0 ? (rows + tiles - 1) / tiles : mr;
+}
+
 #define ISA_SUFFIX sse2
 #define ISA_TARGET
 #define VW 4
@@ -272,7 +280,8 @@ enum { MM_KC = 256 };
 
 typedef struct {
     const char *name;
-    void (*mm_panel)(float *out, const float *inp, const cpu_packed *w, const float *bias, int n0, int n1, int p);
+    void (*mm_panel)(float *out, const float *inp, const float *xp, const cpu_packed *w, const float *bias, int n0,
+                     int n1, int kb0, int kb1, int p);
     attn_query_fn *attn_query;
     void (*gelu_span)(float *out, const float *inp, size_t n);
     int mr; /* rows per register tile */
@@ -348,23 +357,59 @@ void cpu_pack(cpu_packed *p, const float *w, int transposed, int nt) {
     }
 }
 
-/* Rows go in blocks whose inputs stay in the per-core cache (L2) while every panel streams past
- * them; a decode step (one block) reads each weight once, in runs of contiguous panels. The runs are
- * handed out dynamically, about 8 per thread, so that a thread descheduled on a shared machine does
- * not hold back the others at the end of the loop. */
+/* Tile by tile, rows n0..n1-1 and columns k0..k1-1 of inp (N, K) into xp: the tile starting at row r0
+ * with h rows is (k1 - k0, h), k-major, at xp + (r0 - n0) (k1 - k0). Tiles go to the team's threads. */
+static void mm_pack_inputs(float *xp, const float *inp, int K, int n0, int n1, int k0, int k1, int mr) {
+    const int height = mm_tile_height(n1 - n0, mr), tiles = (n1 - n0 + height - 1) / height;
+#pragma omp for schedule(static)
+    for (int t = 0; t < tiles; t++) {
+        int r0 = n0 + t * height, h = n1 - r0 < height ? n1 - r0 : height;
+        float *dst = xp + (size_t)(r0 - n0) * (size_t)(k1 - k0);
+        for (int r = 0; r < h; r++) {
+            const float *src = inp + (size_t)(r0 + r) * K;
+            for (int k = k0; k < k1; k++) dst[(size_t)(k - k0) * h + r] = src[k];
+        }
+    }
+}
+
+/* Rows go in blocks whose inputs stay in the per-core cache (L2, 256 KiB of them) while every panel
+ * streams past them. When all the rows' inputs fit (decode), the block holds every k and a decode step
+ * reads each weight once, in runs of contiguous panels. Otherwise (prefill) the k axis is cut into
+ * ranges of MM_KC too, so that a block of MM_KC columns of up to 256 KiB / (4 MM_KC) rows stays in L2
+ * and each weight comes from memory once per 256 rows, not once per 256 KiB / 4K rows (21 at K = 3072);
+ * and each such block is first packed tile by tile (mm_pack_inputs), so that a tile's broadcasts read
+ * one contiguous stream instead of MR rows K floats apart. The k ranges of a panel run in order (a
+ * barrier between them), so every output element is still bias + the products in k order, whatever N
+ * is. The runs of panels are handed out dynamically, about 8 per thread, so that a thread descheduled
+ * on a shared machine does not hold back the others at the end of the loop. */
 void matmul_packed_isa(cpu_isa isa, float *out, const float *inp, const cpu_packed *w, const float *bias, int N,
                        int nt) {
+    enum { L2_FLOATS = (256 << 10) / (int)sizeof(float) };
     const isa_kernels *ki = &isa_table[isa];
-    const int panels = (w->OC + PACK_NR - 1) / PACK_NR;
-    int block = (256 << 10) / (int)sizeof(float) / (w->K > 0 ? w->K : 1); /* rows of inputs in 256 KiB */
+    const int K = w->K, panels = (w->OC + PACK_NR - 1) / PACK_NR;
+    const int big = (size_t)N * (size_t)K > L2_FLOATS && N > ki->mr; /* inputs do not fit in L2 */
+    const int kb = big && K > MM_KC ? MM_KC : K;                     /* k range per pass */
+    int block = L2_FLOATS / (kb > 0 ? kb : 1);
     block = block < ki->mr ? ki->mr : block - block % ki->mr;
+    /* (block, kb) packed inputs of one pass; without it (allocation failed) the tiles read inp */
+    float *xp = big ? malloc(sizeof(float) * (size_t)block * (size_t)kb) : NULL;
     const int threads = team(nt), run = (panels + 8 * threads - 1) / (8 * threads);
 #pragma omp parallel num_threads(threads)
     for (int n0 = 0; n0 < N; n0 += block) {
         int n1 = N - n0 < block ? N : n0 + block;
+        if (!big) {
 #pragma omp for schedule(dynamic, run) nowait
-        for (int p = 0; p < panels; p++) ki->mm_panel(out, inp, w, bias, n0, n1, p);
+            for (int p = 0; p < panels; p++) ki->mm_panel(out, inp, NULL, w, bias, n0, n1, 0, K, p);
+        } else {
+            for (int k0 = 0; k0 < K; k0 += kb) {
+                int k1 = K - k0 < kb ? K : k0 + kb;
+                if (xp) mm_pack_inputs(xp, inp, K, n0, n1, k0, k1, ki->mr); /* ends with a barrier */
+#pragma omp for schedule(dynamic, run)
+                for (int p = 0; p < panels; p++) ki->mm_panel(out, inp, xp, w, bias, n0, n1, k0, k1, p);
+            }
+        }
     }
+    free(xp);
 }
 
 int attention_forward_isa(cpu_isa isa, float *out, const float *q, int q_stride, const float *kcache,

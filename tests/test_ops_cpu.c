@@ -137,9 +137,11 @@ static void check_matmul(cpu_isa isa, cpu_wtype wt, int N, int K, int OC, int tr
 }
 
 Test(ops_cpu, matmul_every_isa_and_weight_type_matches_reference) {
-    /* (N, K, OC): odd sizes; a partial last panel; more rows than one tile; more than one row block */
-    const int shapes[][3] = {{1, 1, 1},   {1, 37, 45},  {3, 64, 16},  {5, 67, 33},  {7, 129, 70},
-                             {8, 96, 130}, {13, 131, 17}, {25, 19, 47}, {531, 130, 21}};
+    /* (N, K, OC): odd sizes; a partial last panel; more rows than one tile; more than one row block
+     * (packed inputs); k in ranges of 256 too, the last one partial, with packed inputs and two row
+     * blocks (prefill's path) */
+    const int shapes[][3] = {{1, 1, 1},   {1, 37, 45},   {3, 64, 16},   {5, 67, 33},    {7, 129, 70},
+                             {8, 96, 130}, {13, 131, 17}, {25, 19, 47}, {531, 130, 21}, {300, 531, 35}};
     const cpu_wtype wts[] = {CPU_W_F32, CPU_W_BF16, CPU_W_F16};
     int ran = 0;
     for (int isa = 0; isa < CPU_ISA_COUNT; isa++) {
