@@ -110,24 +110,27 @@ static int parse_line(const char *s, size_t n, gpt2_tokenizer *tok, int no_speci
     json_t *id = json_object_get(root, "id"), *text = json_object_get(root, "text");
     const char *key;
     json_t *v;
-    const char *bad = NULL;
-    if (!json_is_object(root)) bad = "a record must be a JSON object";
-    else if (id && !json_is_string(id) && !json_is_integer(id)) bad = "\"id\": must be a string or an integer";
-    else if (!json_is_string(text)) bad = "\"text\": missing, or not a string";
-    if (!bad && id) {
+    if (!json_is_object(root)) {
+        set_error(t, "%s", "a record must be a JSON object");
+        goto bad;
+    }
+    if (id && !json_is_string(id) && !json_is_integer(id)) {
+        set_error(t, "%s", "\"id\": must be a string or an integer");
+        goto bad;
+    }
+    if (id) {
         json_decref(t->id);
         t->id = json_incref(id);
     }
-    if (!bad)
-        json_object_foreach(root, key, v) if (strcmp(key, "id") && strcmp(key, "text")) {
-            set_error(t, "unknown field \"%.64s\"", key);
-            json_decref(root);
-            return t->error ? 0 : -1;
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "id") && strcmp(key, "text")) {
+            set_error(t, "unknown field \"%.64s\" (a line is {\"id\", \"text\"})", key);
+            goto bad;
         }
-    if (bad) {
-        set_error(t, "%s", bad);
-        json_decref(root);
-        return t->error ? 0 : -1;
+    }
+    if (!json_is_string(text)) {
+        set_error(t, "%s", "\"text\": missing, or not a string");
+        goto bad;
     }
     gpt2_error err = {0};
     if (gpt2_encode(tok, json_string_value(text), json_string_length(text), !no_special, &t->ids, &t->n_ids, &err) !=
@@ -135,6 +138,9 @@ static int parse_line(const char *s, size_t n, gpt2_tokenizer *tok, int no_speci
         set_error(t, "\"text\": %s", err.msg);
     json_decref(root);
     return 0;
+bad:
+    json_decref(root);
+    return t->error ? 0 : -1;
 }
 
 /* The result (or error) record of one text; malloc'ed JSON, NULL when out of memory. */
