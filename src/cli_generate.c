@@ -27,7 +27,8 @@
 
 enum {
     OPT_PROMPT = 3000, OPT_INPUT, OPT_OUTPUT, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
-    OPT_REP, OPT_FREQ, OPT_PRES, OPT_BATCH, OPT_NO_SPECIAL, OPT_TRUNCATE, OPT_RESUME, OPT_PROGRESS
+    OPT_REP, OPT_FREQ, OPT_PRES, OPT_BATCH, OPT_NO_SPECIAL, OPT_TRUNCATE, OPT_RESUME, OPT_PROGRESS, OPT_BEAMS,
+    OPT_LENPEN
 };
 
 static const char HELP[] =
@@ -35,12 +36,14 @@ static const char HELP[] =
     "With --prompt the continuation streams to stdout. With --input each line is a request\n"
     "  {\"id\": ..., \"prompt\": \"...\", \"max_tokens\", \"temperature\", \"top_k\", \"top_p\", \"seed\", \"stop\",\n"
     "   \"repetition_penalty\", \"frequency_penalty\", \"presence_penalty\", \"logprobs\": k (0..20),\n"
-    "   \"echo\": true} (all but prompt optional)\n"
+    "   \"echo\": true, \"num_beams\", \"length_penalty\", \"early_stopping\": false|true|\"never\",\n"
+    "   \"no_repeat_ngram_size\", \"n\"} (all but prompt optional)\n"
     "and each output line is {\"id\", \"prompt_tokens\", \"tokens\", \"text\", \"finish_reason\", \"fp\"}, in input\n"
     "order (fp: the request's fingerprint, which --resume checks); with logprobs also \"logprobs\":\n"
     "  {\"tokens\", \"token_ids\", \"token_logprobs\", \"top_logprobs\", \"top_ids\", \"text_offset\"} as OpenAI's\n"
     "  completions report them (from the raw logits, before temperature and top-k/top-p; text_offset in\n"
-    "  bytes); echo puts the prompt's tokens first and the prompt before \"text\";\n"
+    "  bytes); echo puts the prompt's tokens first and the prompt before \"text\"; beam search adds\n"
+    "  \"score\" and, with n > 1, \"beams\": [{\"tokens\", \"text\", \"finish_reason\", \"score\"}], best first;\n"
     "a bad line gets {\"id\", \"line\", \"error\"} and the exit status is 1.\n"
     "  --prompt TEXT            prompt text\n"
     "  --input FILE             JSONL requests\n"
@@ -56,6 +59,8 @@ static const char HELP[] =
     "  --repetition-penalty R   Hugging Face style, 1 = off\n"
     "  --frequency-penalty F    OpenAI style, -2..2\n"
     "  --presence-penalty P     OpenAI style, -2..2\n"
+    "  --beams N                beam search with N beams (transformers' semantics; default 1 = off)\n"
+    "  --length-penalty X       beam search: score / length^X (default 1.0)\n"
     "  --batch N                sequences decoded together (default: 8 on cpu, 64 on cuda)\n"
     "  --truncate               cut prompts that do not fit in the context from the left\n"
     "  --no-special             encode <|endoftext|> in prompts as ordinary text\n"
@@ -137,6 +142,16 @@ static int gen_option(int opt, const char *arg, void *ctx) {
     case OPT_REP: return sampling_option("--repetition-penalty", arg, s, &s->repetition_penalty, NULL);
     case OPT_FREQ: return sampling_option("--frequency-penalty", arg, s, &s->frequency_penalty, NULL);
     case OPT_PRES: return sampling_option("--presence-penalty", arg, s, &s->presence_penalty, NULL);
+    case OPT_BEAMS:
+        if (cli_parse_int("generate", "--beams", arg, 1, 64, &v)) return -1;
+        a->defaults.beam.num_beams = (int)v;
+        return 1;
+    case OPT_LENPEN: {
+        double d;
+        if (cli_parse_float("generate", "--length-penalty", arg, -100, 100, &d)) return -1;
+        a->defaults.beam.length_penalty = (float)d;
+        return 1;
+    }
     case OPT_STOP:
         if (gpt2_request_add_stop(&a->defaults, arg, strlen(arg), &a->err) != GPT2_OK) {
             fprintf(stderr, "gpt2 generate: --%s\n", a->err.msg);
@@ -344,6 +359,14 @@ static void job_fingerprint(job *j, uint64_t model_id, const cli_common *c, cons
     h = fnv_u64(h, p->seed);
     h = fnv_u64(h, (uint64_t)sp->n_stop);
     for (int i = 0; i < sp->n_stop; i++) h = fnv_bytes(h, sp->stop[i], strlen(sp->stop[i]));
+    if (sp->beam.num_beams >= 2) { /* only then, as below */
+        h = fnv_bytes(h, "beams", 5);
+        h = fnv_u64(h, (uint64_t)sp->beam.num_beams);
+        h = fnv_f32(h, sp->beam.length_penalty);
+        h = fnv_u64(h, (uint64_t)sp->beam.early_stopping);
+        h = fnv_u64(h, (uint64_t)sp->beam.no_repeat_ngram_size);
+        h = fnv_u64(h, (uint64_t)sp->beam.n);
+    }
     if (sp->logprobs || sp->echo) { /* only then, so that records made before these fields keep their fp */
         h = fnv_bytes(h, "logprobs", 8);
         h = fnv_u64(h, (uint64_t)sp->logprobs);
@@ -586,8 +609,31 @@ static char *echo_text(gpt2_tokenizer *tok, const job *j, const char *text, size
     return all;
 }
 
+/* The beam search part of a record: "score", and "beams" when more than one hypothesis was asked. */
+static int beams_record(json_t *r, const gpt2_event *ev) {
+    if (ev->n_hyps < 1) return 0;
+    if (json_object_set_new(r, "score", json_real(ev->hyps[0].score))) return -1;
+    if (ev->n_hyps < 2) return 0;
+    json_t *arr = json_array();
+    if (!arr || json_object_set_new(r, "beams", arr)) return -1;
+    for (int h = 0; h < ev->n_hyps; h++) {
+        const gpt2_hypothesis *y = &ev->hyps[h];
+        size_t n;
+        char *clean = utf8_sanitize(y->text, y->n_text, &n);
+        json_t *toks = json_array();
+        for (int i = 0; toks && i < y->n_tokens; i++) json_array_append_new(toks, json_integer(y->tokens[i]));
+        json_t *o = clean && toks ? json_pack("{s:o, s:s%, s:s, s:f}", "tokens", toks, "text", clean, n,
+                                              "finish_reason", gpt2_finish_name(y->finish), "score", (double)y->score)
+                                  : NULL;
+        if (!o) json_decref(toks);
+        free(clean);
+        if (!o || json_array_append_new(arr, o)) return -1;
+    }
+    return 0;
+}
+
 static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens, const char *text, size_t n_text,
-                           gpt2_finish reason) {
+                           gpt2_finish reason, const gpt2_event *ev) {
     batch *b = user;
     job *j = &b->jobs[b->req_job[req]];
     size_t clean_n, n_all = n_text;
@@ -609,6 +655,10 @@ static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens,
             json_decref(r);
             r = NULL;
         }
+    }
+    if (r && beams_record(r, ev)) {
+        json_decref(r);
+        r = NULL;
     }
     if (r && j->fp[0]) json_object_set_new(r, "fp", json_string(j->fp));
     json_decref(toks);
@@ -725,7 +775,7 @@ static int on_event(const gpt2_event *ev) {
     if (ev->kind == GPT2_EVENT_FINISH && ev->finish == GPT2_FINISH_ERROR)
         rc = u->stream ? on_error_stream(u->b, u->req, ev->error) : on_error_batch(u->b, u->req, ev->error);
     else if (ev->kind == GPT2_EVENT_FINISH && !u->stream)
-        rc = on_finish_batch(u->b, u->req, ev->tokens, ev->n_tokens, ev->text, ev->n_text, ev->finish);
+        rc = on_finish_batch(u->b, u->req, ev->tokens, ev->n_tokens, ev->text, ev->n_text, ev->finish, ev);
     *u->failed |= rc;
     return rc;
 }
@@ -968,8 +1018,16 @@ static gpt2_engine_opts plan_opts(const cli_common *c, const gen_args *a, const 
         long need = (long)reqs[i].n_prompt + (reqs[i].max_tokens > 0 ? reqs[i].max_tokens : 1);
         if (need > longest) longest = need > m->cfg.n_positions ? m->cfg.n_positions : (int)need;
     }
+    long want = 0; /* slots the requests could use at once: a beam search takes one per beam */
+    int most_beams = 1;
+    for (int i = 0; i < n_reqs; i++) {
+        int k = reqs[i].beam.num_beams > 1 ? reqs[i].beam.num_beams : 1;
+        want += k;
+        if (k > most_beams) most_beams = k;
+    }
     int slots = a->batch ? a->batch : cuda ? 64 : 8;
-    if (slots > n_reqs) slots = n_reqs > 0 ? n_reqs : 1;
+    if (slots > want) slots = want > 0 ? (int)want : 1;
+    if (slots < most_beams) slots = most_beams;
     gpt2_engine_opts o = cli_engine_opts(c);
     o.max_slots = slots;
     o.max_seq = longest;
@@ -988,13 +1046,15 @@ int cmd_generate(int argc, char **argv) {
         {"frequency-penalty", required_argument, 0, OPT_FREQ}, {"presence-penalty", required_argument, 0, OPT_PRES},
         {"batch", required_argument, 0, OPT_BATCH}, {"no-special", no_argument, 0, OPT_NO_SPECIAL},
         {"truncate", no_argument, 0, OPT_TRUNCATE}, {"resume", no_argument, 0, OPT_RESUME},
-        {"progress", no_argument, 0, OPT_PROGRESS}, {0, 0, 0, 0}};
+        {"progress", no_argument, 0, OPT_PROGRESS}, {"beams", required_argument, 0, OPT_BEAMS},
+        {"length-penalty", required_argument, 0, OPT_LENPEN}, {0, 0, 0, 0}};
     cli_common c;
     gen_args a = {0};
     cli_common_init(&c);
     a.defaults.max_tokens = 64;
     a.defaults.sampling = gpt2_sampling_default();
     a.defaults.sampling.temperature = 1.0f;
+    a.defaults.beam = gpt2_beam_default();
     int rc = cli_parse_args("generate", argc, argv, opts, &c, HELP, gen_option, &a);
     if (rc) {
         gpt2_request_spec_free(&a.defaults);
@@ -1069,7 +1129,7 @@ int cmd_generate(int argc, char **argv) {
         reqs[n_reqs] = (gpt2_request){.prompt = j->ids, .n_prompt = j->n_ids, .max_tokens = sp->max_tokens,
                                       .sampling = sp->sampling, .stop = (const char *const *)sp->stop,
                                       .n_stop = sp->n_stop, .logprobs = sp->logprobs,
-                                      .top_logprobs = sp->top_logprobs, .echo = sp->echo};
+                                      .top_logprobs = sp->top_logprobs, .echo = sp->echo, .beam = sp->beam};
         b.req_job[n_reqs++] = i;
     }
     b.n_to_run = n_reqs;

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -205,4 +206,60 @@ Test(beam, bad_settings_name_the_field) {
                   err.msg);
     }
     cr_assert_eq(gpt2_engine_pending(e), 0);
+}
+
+/* `gpt2 generate` JSONL beam fields reach the engine: the record's tokens, score and "beams" are the
+ * engine's FINISH hypotheses for the same prompt and settings (which the tests above hold to
+ * transformers); a bad early_stopping is named. */
+Test(beam, generate_jsonl_records_the_hypotheses) {
+    const char *lines = "{\"id\": 1, \"prompt\": \"The lighthouse keeper\", \"max_tokens\": 6, \"num_beams\": 3, "
+                        "\"n\": 2, \"length_penalty\": 0.5, \"early_stopping\": \"never\", "
+                        "\"no_repeat_ngram_size\": 2}\n"
+                        "{\"id\": 2, \"prompt\": \"Hi\", \"num_beams\": 2, \"early_stopping\": 1}\n";
+    char in[] = "/tmp/gpt2-beam-XXXXXX";
+    int fd = mkstemp(in);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, lines, strlen(lines)), (ssize_t)strlen(lines));
+    close(fd);
+    char cmd[512], *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s generate --model %s/tiny --device cpu --input %s 2>/dev/null", cli_bin(), FIXTURES,
+             in);
+    int rc = run_capture(cmd, &out);
+    unlink(in);
+    test_keep(out, free);
+    cr_assert_eq(rc, 1);
+    char *nl = strchr(out, '\n');
+    cr_assert(nl);
+    json_t *rec = test_keep(json_loadb(out, (size_t)(nl - out), 0, NULL), json_decref);
+    json_t *bad = test_keep(json_loads(nl + 1, 0, NULL), json_decref);
+    cr_assert(rec && bad);
+    cr_assert(strstr(json_string_value(json_object_get(bad, "error")), "\"early_stopping\""));
+
+    gpt2_engine *e = engine_on("tiny", 4);
+    int *ids;
+    size_t n_ids;
+    gpt2_error err = {0};
+    cr_assert_eq(gpt2_encode(gpt2_engine_tokenizer(e), "The lighthouse keeper", 21, 1, &ids, &n_ids, &err), GPT2_OK);
+    test_keep(ids, free);
+    beam_seen *s = test_calloc(1, sizeof *s);
+    gpt2_request r = {.prompt = ids, .n_prompt = (int)n_ids, .max_tokens = 6, .sampling = gpt2_sampling_default(),
+                      .beam = gpt2_beam_default(), .on_event = on_event, .user = s};
+    r.beam.num_beams = 3;
+    r.beam.n = 2;
+    r.beam.length_penalty = 0.5f;
+    r.beam.early_stopping = 2;
+    r.beam.no_repeat_ngram_size = 2;
+    cr_assert_eq(gpt2_engine_submit(e, &r, NULL, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(gpt2_engine_run(e, &err), GPT2_OK, "%s", err.msg);
+    json_t *beams = json_object_get(rec, "beams");
+    cr_assert_eq(json_array_size(beams), 2);
+    for (int h = 0; h < 2; h++) {
+        json_t *b = json_array_get(beams, (size_t)h);
+        int n;
+        int *t = test_keep(json_ints(json_object_get(b, "tokens"), &n), free);
+        cr_assert_eq(n, s->hyp_n[h]);
+        cr_assert_eq(memcmp(t, s->hyp_tokens[h], sizeof(int) * (size_t)n), 0, "hypothesis %d", h);
+        cr_assert(fabs(json_number_value(json_object_get(b, "score")) - s->hyp_score[h]) < 1e-6);
+    }
+    cr_assert(json_equal(json_object_get(rec, "tokens"), json_object_get(json_array_get(beams, 0), "tokens")));
 }
