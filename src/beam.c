@@ -66,9 +66,9 @@ gpt2_status gpt2_beam_init(gpt2_beam_state *b, int K, int V, int P, int max_new,
     return GPT2_OK;
 }
 
-/* Marks in ban[] the tokens transformers' NoRepeatNGramLogitsProcessor bans after seq (n tokens):
- * every t such that (the last ngram-1 tokens, t) already occurs in seq. Returns how many it marked
- * (ban[] is cleared by the caller through the same walk). */
+/* Sets ban[t] = set for the tokens transformers' NoRepeatNGramLogitsProcessor bans after seq (n
+ * tokens): every t such that (the last ngram-1 tokens, t) already occurs in seq. The caller clears
+ * the marks with a second walk (set = 0). */
 static void mark_banned(const int *seq, int n, int ngram, int *ban, int V, int set) {
     if (ngram <= 0 || n + 1 < ngram) return;
     const int pre = ngram - 1;
@@ -80,13 +80,13 @@ static void mark_banned(const int *seq, int n, int ngram, int *ban, int V, int s
 }
 
 /* Candidates ordered by accumulated score, ties to the lower flat index (beam * V + token). */
-static const gpt2_beam_state *g_b;
-static int by_acc(const void *x, const void *y) {
+static int by_acc(const void *x, const void *y, void *ctx) {
+    const gpt2_beam_state *b = ctx;
     int i = *(const int *)x, j = *(const int *)y;
-    float a = g_b->cand_acc[i], c = g_b->cand_acc[j];
+    float a = b->cand_acc[i], c = b->cand_acc[j];
     if (a != c) return a > c ? -1 : 1;
-    long fi = (long)g_b->cand_beam[i] * g_b->V + g_b->cand_tok[i];
-    long fj = (long)g_b->cand_beam[j] * g_b->V + g_b->cand_tok[j];
+    long fi = (long)b->cand_beam[i] * b->V + b->cand_tok[i];
+    long fj = (long)b->cand_beam[j] * b->V + b->cand_tok[j];
     return (fi > fj) - (fi < fj);
 }
 
@@ -158,8 +158,7 @@ int gpt2_beam_step(gpt2_beam_state *b, const float *const *rows, const int *cons
     }
     /* b. the best 2K of all */
     for (int i = 0; i < n_cand; i++) b->order[i] = i;
-    g_b = b;
-    qsort(b->order, (size_t)n_cand, sizeof(int), by_acc);
+    qsort_r(b->order, (size_t)n_cand, sizeof(int), by_acc, b);
     const int n_sel = n_cand < K2 ? n_cand : K2;
     memcpy(b->sel, b->order, sizeof(int) * (size_t)n_sel);
     int all_hit = 1, n_next = 0;
