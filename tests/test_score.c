@@ -50,7 +50,7 @@ static void check(json_t *got, json_t *want, const char *what) {
 }
 
 /* Every golden text and stride through --file --json. */
-Test(score, file_matches_transformers, .timeout = 900) {
+Test(score, file_matches_transformers) {
     json_error_t jerr;
     json_t *g = test_keep(json_load_file("tests/data/decoding_golden.json", 0, &jerr), json_decref);
     json_t *cases = json_object_get(g, "score");
@@ -78,7 +78,7 @@ Test(score, file_matches_transformers, .timeout = 900) {
 }
 
 /* --input: one record per line, in order, the same numbers as --file; bad lines named, exit 1. */
-Test(score, input_jsonl_records, .timeout = 600) {
+Test(score, input_jsonl_records) {
     json_error_t jerr;
     json_t *g = test_keep(json_load_file("tests/data/decoding_golden.json", 0, &jerr), json_decref);
     json_t *cases = json_object_get(g, "score"), *lines = test_keep(json_array(), json_decref);
