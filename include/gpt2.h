@@ -152,6 +152,27 @@ typedef struct {
 /* Defaults: greedy, no filters, no penalties, seed 0. */
 GPT2_API gpt2_sampling gpt2_sampling_default(void);
 
+/* Beam search, with exactly the semantics of transformers' generate(num_beams, do_sample=False,
+ * length_penalty, early_stopping, no_repeat_ngram_size, num_return_sequences = n): beam scores are
+ * sums of log_softmax of the raw logits; a hypothesis that ends (end-of-text, or the length limit)
+ * is ranked by score / generated_length^length_penalty (end-of-text counted in the length); the
+ * search ends as transformers' does (early_stopping: 0 = its heuristic, 1 = as soon as num_beams
+ * hypotheses are done, 2 = "never"). Deterministic: temperature, top-k, top-p and the seed are not
+ * used; penalties and stop strings are refused. The beams of a request take num_beams KV-cache slots;
+ * a beam that forks copies its parent's cache (no prompt is prefilled twice). A zeroed struct
+ * (num_beams 0) is off; start from gpt2_beam_default(). */
+typedef struct {
+    int num_beams;            /* 0 or 1: off; 2..max_slots */
+    float length_penalty;     /* transformers' default 1.0 */
+    int early_stopping;       /* 0 false, 1 true, 2 "never" */
+    int no_repeat_ngram_size; /* 0 = off: no n-gram of this size occurs twice in prompt + output */
+    int n;                    /* hypotheses reported in FINISH (1..num_beams); 0 means 1 */
+} gpt2_beam;
+
+/* num_beams 1 (off), length_penalty 1, early_stopping 0, no_repeat_ngram_size 0, n 1. */
+GPT2_API gpt2_beam gpt2_beam_default(void);
+
+
 typedef enum { GPT2_DTYPE_F32 = 0, GPT2_DTYPE_F16, GPT2_DTYPE_BF16 } gpt2_dtype;
 GPT2_API const char *gpt2_dtype_name(gpt2_dtype d); /* "fp32" | "fp16" | "bf16" */
 
@@ -163,6 +184,17 @@ typedef enum {
 } gpt2_finish;
 GPT2_API const char *gpt2_finish_name(gpt2_finish f); /* "length" | "stop" | "cancelled" | "error" */
 
+/* One finished beam hypothesis (FINISH of a beam search request). */
+typedef struct {
+    const int *tokens;      /* (n_tokens) without the end-of-text token */
+    const float *logprobs;  /* (n_tokens) NAN unless the request asked for logprobs */
+    int n_tokens;
+    const char *text;       /* the tokens' bytes */
+    size_t n_text;
+    float score;            /* sum of the logprobs (end-of-text included) / length^length_penalty */
+    gpt2_finish finish;     /* STOP (ended with end-of-text) or LENGTH */
+} gpt2_hypothesis;
+
 /* A request's handle: unique within an engine, never 0. */
 typedef uint64_t gpt2_request_id;
 
@@ -170,6 +202,7 @@ typedef enum {
     GPT2_EVENT_TOKEN,  /* one generated token became final (no stop string can take it back) */
     GPT2_EVENT_TEXT,   /* output bytes became final: never part of a stop string or a cut UTF-8 sequence */
     GPT2_EVENT_FINISH, /* the request is done; its last event */
+    GPT2_EVENT_PROMPT, /* echo = 1 only: the prompt's logprobs, once, after its prefill, before any TOKEN */
 } gpt2_event_kind;
 
 /* What a request's callback receives. Pointers are valid during the call only. */
@@ -195,6 +228,18 @@ typedef struct {
     int prompt_tokens;    /* tokens of the prompt */
     const char *error;    /* GPT2_FINISH_ERROR: why (text held back for stop strings is not flushed);
                            * else NULL */
+    /* TOKEN and PROMPT: the most likely tokens at each position, from log_softmax of the raw logits
+     * (before penalties, temperature, top-k and top-p), most likely first, ties to the lower id.
+     * PROMPT reuses tokens / n_tokens (the prompt's ids) and logprobs ((n_tokens) log p(prompt[i] |
+     * prompt[0..i-1]), logprobs[0] = NAN: no context); bytes and text are unused. */
+    int n_top;                 /* alternatives per position (= the request's top_logprobs) */
+    const int *top_ids;        /* TOKEN: (n_top); PROMPT: (n_tokens, n_top), row 0 unspecified */
+    const float *top_logprobs; /* same shape as top_ids */
+    /* FINISH of a beam search request: the best n hypotheses, best first (the event's tokens, text
+     * and finish are those of hyps[0]); else n_hyps = 0. TOKEN and TEXT events of a beam search come
+     * just before its FINISH, for hyps[0]. */
+    int n_hyps;
+    const gpt2_hypothesis *hyps;
 } gpt2_event;
 
 /* Called from the thread that runs gpt2_engine_step, without any engine lock held (it may call
@@ -215,6 +260,12 @@ typedef struct {
     int n_stop;
     int ignore_eot;           /* 1: end-of-text is an ordinary token (benchmarks: fixed-length output) */
     int logprobs;             /* 1: report each token's logprob */
+    int top_logprobs;         /* 0..20: with logprobs = 1, also report this many most likely tokens at each
+                               * step (from log_softmax of the raw logits, before penalties / temperature /
+                               * top-k / top-p) */
+    int echo;                 /* 1: one GPT2_EVENT_PROMPT event after the prompt is prefilled, before any
+                               * TOKEN (with max_tokens 0 too: the prompt is then prefilled, not skipped) */
+    gpt2_beam beam;           /* beam search (num_beams >= 2), else off */
     gpt2_event_fn on_event;   /* may be NULL */
     void *user;
 } gpt2_request;

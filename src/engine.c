@@ -149,12 +149,86 @@ static gpt2_status job_prompt(gpt2_engine *e, const gpt2_request *r, gpt2_job *j
     return GPT2_OK;
 }
 
+/* The job's echo and top-logprob arrays (sizes from n_prompt, cap_gen and n_top, overflow-checked). */
+static gpt2_status job_logprob_buffers(gpt2_job *j, gpt2_error *err) {
+    size_t k = (size_t)j->n_top, n_echo, n_gen;
+    if (gpt2_mul_size((size_t)j->n_prompt, k, &n_echo) || gpt2_mul_size((size_t)j->cap_gen, k, &n_gen))
+        return gpt2_fail(err, GPT2_ERR_LIMIT, "top_logprobs: %d alternatives of %d positions overflow", j->n_top,
+                         j->n_prompt + j->cap_gen);
+    /* calloc checks n x size itself */
+    if (j->echo) {
+        j->echo_lp = calloc((size_t)j->n_prompt, sizeof(float));
+        j->echo_top_ids = calloc(n_echo ? n_echo : 1, sizeof(int));
+        j->echo_top_lp = calloc(n_echo ? n_echo : 1, sizeof(float));
+        if (!j->echo_lp || !j->echo_top_ids || !j->echo_top_lp) goto nomem;
+        j->echo_lp[0] = NAN;
+        for (size_t i = 0; i < k; i++) {
+            j->echo_top_ids[i] = -1; /* row 0: no context */
+            j->echo_top_lp[i] = NAN;
+        }
+    }
+    if (n_gen > 0) {
+        j->gen_top_ids = calloc(n_gen, sizeof(int));
+        j->gen_top_lp = calloc(n_gen, sizeof(float));
+        if (!j->gen_top_ids || !j->gen_top_lp) goto nomem;
+    }
+    return GPT2_OK;
+nomem:
+    return gpt2_fail(err, GPT2_ERR_NOMEM, "submit: out of memory for the logprobs of %d positions",
+                     j->n_prompt + j->cap_gen);
+}
+
+/* Beam search settings (gpt2.h, gpt2_beam); the messages name the field. */
+static gpt2_status check_beam(const gpt2_engine *e, const gpt2_request *r, gpt2_error *err) {
+    const gpt2_beam *b = &r->beam;
+    const gpt2_sampling d = gpt2_sampling_default();
+    if (b->num_beams < 0 || b->num_beams > GPT2_MAX_BEAMS)
+        return gpt2_fail(err, GPT2_ERR_ARG, "num_beams %d: must be in 0..%d (0 or 1: off)", b->num_beams,
+                         GPT2_MAX_BEAMS);
+    if (b->num_beams < 2) {
+        if (b->n > 1)
+            return gpt2_fail(err, GPT2_ERR_ARG, "n %d: more than one output needs num_beams >= n", b->n);
+        if (b->no_repeat_ngram_size != 0)
+            return gpt2_fail(err, GPT2_ERR_ARG, "no_repeat_ngram_size %d: only with beam search (num_beams >= 2)",
+                             b->no_repeat_ngram_size);
+        return GPT2_OK;
+    }
+    if (b->num_beams > e->S)
+        return gpt2_fail(err, GPT2_ERR_LIMIT, "num_beams %d: each beam takes a slot, the engine has %d (max_slots)",
+                         b->num_beams, e->S);
+    if (2 * b->num_beams > e->model->cfg.vocab_size)
+        return gpt2_fail(err, GPT2_ERR_ARG, "num_beams %d: more than half the vocabulary", b->num_beams);
+    if (b->n < 0 || b->n > b->num_beams)
+        return gpt2_fail(err, GPT2_ERR_ARG, "n %d: must be in 1..num_beams (%d)", b->n, b->num_beams);
+    if (!isfinite(b->length_penalty) || fabsf(b->length_penalty) > 100.0f)
+        return gpt2_fail(err, GPT2_ERR_ARG, "length_penalty %g: must be a number in -100..100", b->length_penalty);
+    if (b->early_stopping < 0 || b->early_stopping > 2)
+        return gpt2_fail(err, GPT2_ERR_ARG, "early_stopping %d: must be 0 (false), 1 (true) or 2 (never)",
+                         b->early_stopping);
+    if (b->no_repeat_ngram_size < 0 || b->no_repeat_ngram_size > e->max_seq)
+        return gpt2_fail(err, GPT2_ERR_ARG, "no_repeat_ngram_size %d: must be in 0..%d", b->no_repeat_ngram_size,
+                         e->max_seq);
+    if (r->n_stop > 0) return gpt2_fail(err, GPT2_ERR_ARG, "stop: not supported with beam search (num_beams >= 2)");
+    if (r->top_logprobs > 0)
+        return gpt2_fail(err, GPT2_ERR_ARG, "top_logprobs: not supported with beam search (num_beams >= 2)");
+    if (r->sampling.repetition_penalty != d.repetition_penalty || r->sampling.frequency_penalty != 0.0f ||
+        r->sampling.presence_penalty != 0.0f)
+        return gpt2_fail(err, GPT2_ERR_ARG, "repetition_penalty, frequency_penalty, presence_penalty: not supported "
+                                            "with beam search (num_beams >= 2)");
+    return GPT2_OK;
+}
+
 gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_request_id *id, gpt2_error *err) {
     if (id) *id = 0;
     if (!e || !r) return gpt2_fail(err, GPT2_ERR_ARG, "submit: no engine or no request");
     if (r->max_tokens < 0) return gpt2_fail(err, GPT2_ERR_ARG, "max_tokens %d: must be >= 0", r->max_tokens);
     gpt2_status st = gpt2_sampling_check(&r->sampling, err);
     if (st != GPT2_OK) return st;
+    if (r->top_logprobs < 0 || r->top_logprobs > GPT2_MAX_TOP_LOGPROBS)
+        return gpt2_fail(err, GPT2_ERR_ARG, "top_logprobs %d: must be in 0..%d", r->top_logprobs,
+                         GPT2_MAX_TOP_LOGPROBS);
+    if (r->top_logprobs > 0 && !r->logprobs)
+        return gpt2_fail(err, GPT2_ERR_ARG, "top_logprobs %d: needs logprobs = 1", r->top_logprobs);
     if (r->n_stop < 0 || r->n_stop > GPT2_MAX_STOPS || (r->n_stop > 0 && !r->stop))
         return gpt2_fail(err, GPT2_ERR_ARG, "stop: %d stop strings, must be 0..%d", r->n_stop, GPT2_MAX_STOPS);
     for (int i = 0; i < r->n_stop; i++) {
@@ -162,6 +236,7 @@ gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_reque
         if (k == 0 || k > GPT2_MAX_STOP_LEN)
             return gpt2_fail(err, GPT2_ERR_ARG, "stop[%d]: each stop string must be 1..%d bytes", i, GPT2_MAX_STOP_LEN);
     }
+    if ((st = check_beam(e, r, err)) != GPT2_OK) return st;
     gpt2_job *j = calloc(1, sizeof *j);
     if (!j) return gpt2_fail(err, GPT2_ERR_NOMEM, "submit: out of memory");
     if ((st = job_prompt(e, r, j, err)) != GPT2_OK) goto fail;
@@ -172,7 +247,8 @@ gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_reque
                            j->prompt[i], i + 1, V - 1);
             goto fail;
         }
-    if (j->n_prompt >= e->max_seq) {
+    /* room for one token at least, unless only the prompt's logprobs are wanted (echo, max_tokens 0) */
+    if (j->n_prompt >= e->max_seq + (r->echo && r->max_tokens == 0)) {
         st = gpt2_fail(err, GPT2_ERR_LIMIT, "prompt: %d tokens leave no room for output in max_seq %d", j->n_prompt,
                        e->max_seq);
         goto fail;
@@ -189,6 +265,23 @@ gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_reque
     j->sampling = r->sampling;
     j->ignore_eot = r->ignore_eot ? 1 : 0;
     j->want_logprobs = r->logprobs ? 1 : 0;
+    j->n_top = r->top_logprobs;
+    j->echo = r->echo ? 1 : 0;
+    j->cap_gen = r->max_tokens < e->max_seq - j->n_prompt ? r->max_tokens : e->max_seq - j->n_prompt;
+    if ((st = job_logprob_buffers(j, err)) != GPT2_OK) goto fail;
+    if (r->beam.num_beams >= 2 && j->cap_gen > 0) {
+        const int K = r->beam.num_beams, eot = e->eot;
+        j->K = K;
+        j->beam = r->beam;
+        if (j->beam.n == 0) j->beam.n = 1;
+        j->beam_slot = calloc((size_t)K, sizeof(int));
+        j->own_slot = calloc((size_t)K, sizeof(int));
+        if (!j->beam_slot || !j->own_slot) goto nomem;
+        int eos = j->ignore_eot || eot < 0 || eot >= e->model->cfg.vocab_size ? -1 : eot;
+        if ((st = gpt2_beam_init(&j->bs, K, e->model->cfg.vocab_size, j->n_prompt, j->cap_gen, eos,
+                                 r->beam.no_repeat_ngram_size, r->beam.early_stopping, r->beam.length_penalty, err)))
+            goto fail;
+    }
     j->on_event = r->on_event;
     j->user = r->user;
 
@@ -206,7 +299,7 @@ gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_reque
     pthread_mutex_unlock(&e->lock);
     return GPT2_OK;
 nomem:
-    st = gpt2_fail(err, GPT2_ERR_NOMEM, "submit: out of memory for the stop strings");
+    st = gpt2_fail(err, GPT2_ERR_NOMEM, "submit: out of memory for the stop strings or the beams");
 fail:
     gpt2_job_free(j);
     return st;

@@ -11,6 +11,7 @@ static void usage(FILE *f) {
             "commands:\n"
             "  generate   generate text from a prompt or a JSONL file of requests\n"
             "  logits     write the logits of every position as a .npy file\n"
+            "  score      negative log-likelihood and perplexity of texts\n"
             "  encode     text -> token ids\n"
             "  decode     token ids -> text\n"
             "  bench      throughput and latency of prefill and decode\n"
@@ -31,6 +32,7 @@ int main(int argc, char **argv) {
     /* Each command parses argv[1..] so that its getopt sees the command name as argv[0]. */
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 1, argv + 1);
+    if (!strcmp(cmd, "score")) return cmd_score(argc - 1, argv + 1);
     if (!strcmp(cmd, "encode")) return cmd_encode(argc - 1, argv + 1);
     if (!strcmp(cmd, "decode")) return cmd_decode(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
