@@ -548,6 +548,7 @@ static int on_event(const gpt2_event *ev) {
         }
         if (s->n_tok_sent > s->n_tok) s->n_tok_sent = s->n_tok;
         seq_finished_locked(srv, hr, s);
+        pthread_cond_broadcast(&hr->cond);
         hr_unref_locked(hr); /* may free hr: touch nothing after */
         pthread_mutex_unlock(&srv->lock);
         return 0;
