@@ -170,6 +170,7 @@ typedef enum {
     GPT2_EVENT_TOKEN,  /* one generated token became final (no stop string can take it back) */
     GPT2_EVENT_TEXT,   /* output bytes became final: never part of a stop string or a cut UTF-8 sequence */
     GPT2_EVENT_FINISH, /* the request is done; its last event */
+    GPT2_EVENT_PROMPT, /* echo = 1 only: the prompt's logprobs, once, after its prefill, before any TOKEN */
 } gpt2_event_kind;
 
 /* What a request's callback receives. Pointers are valid during the call only. */
@@ -195,6 +196,13 @@ typedef struct {
     int prompt_tokens;    /* tokens of the prompt */
     const char *error;    /* GPT2_FINISH_ERROR: why (text held back for stop strings is not flushed);
                            * else NULL */
+    /* TOKEN and PROMPT: the most likely tokens at each position, from log_softmax of the raw logits
+     * (before penalties, temperature, top-k and top-p), most likely first, ties to the lower id.
+     * PROMPT reuses tokens / n_tokens (the prompt's ids) and logprobs ((n_tokens) log p(prompt[i] |
+     * prompt[0..i-1]), logprobs[0] = NAN: no context); bytes and text are unused. */
+    int n_top;                 /* alternatives per position (= the request's top_logprobs) */
+    const int *top_ids;        /* TOKEN: (n_top); PROMPT: (n_tokens, n_top), row 0 unspecified */
+    const float *top_logprobs; /* same shape as top_ids */
 } gpt2_event;
 
 /* Called from the thread that runs gpt2_engine_step, without any engine lock held (it may call
@@ -215,6 +223,11 @@ typedef struct {
     int n_stop;
     int ignore_eot;           /* 1: end-of-text is an ordinary token (benchmarks: fixed-length output) */
     int logprobs;             /* 1: report each token's logprob */
+    int top_logprobs;         /* 0..20: with logprobs = 1, also report this many most likely tokens at each
+                               * step (from log_softmax of the raw logits, before penalties / temperature /
+                               * top-k / top-p) */
+    int echo;                 /* 1: one GPT2_EVENT_PROMPT event after the prompt is prefilled, before any
+                               * TOKEN (with max_tokens 0 too: the prompt is then prefilled, not skipped) */
     gpt2_event_fn on_event;   /* may be NULL */
     void *user;
 } gpt2_request;

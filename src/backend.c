@@ -47,6 +47,23 @@ gpt2_status gpt2_backend_check_chunks(const gpt2_backend_opts *o, const gpt2_chu
     }
     if (total > o->max_tokens)
         return gpt2_fail(err, GPT2_ERR_ARG, "forward: %ld tokens, over max_tokens %d", total, o->max_tokens);
+    long rows = all_logits ? total : n_chunks;
+    for (int i = 0; !all_logits && i < n_chunks; i++)
+        if (chunks[i].all_rows) rows += chunks[i].n - 1;
+    if (rows > gpt2_backend_logit_rows(o))
+        return gpt2_fail(err, GPT2_ERR_LIMIT, "forward: %ld logits rows asked, the backend holds %d", rows,
+                         gpt2_backend_logit_rows(o));
+    return GPT2_OK;
+}
+
+int gpt2_backend_logit_rows(const gpt2_backend_opts *o) { return o->all_logits ? o->max_tokens : o->max_slots; }
+
+gpt2_status gpt2_backend_check_copy(const gpt2_backend_opts *o, int src, int dst, int n_pos, gpt2_error *err) {
+    if (src < 0 || src >= o->max_slots || dst < 0 || dst >= o->max_slots || src == dst)
+        return gpt2_fail(err, GPT2_ERR_ARG, "copy_slot: slots %d -> %d: must be distinct, in 0..%d", src, dst,
+                         o->max_slots - 1);
+    if (n_pos < 0 || n_pos > o->max_seq)
+        return gpt2_fail(err, GPT2_ERR_ARG, "copy_slot: %d positions: must be in 0..%d (max_seq)", n_pos, o->max_seq);
     return GPT2_OK;
 }
 

@@ -28,7 +28,11 @@ typedef struct {
     int pos;           /* tokens already cached in this slot */
     int n;             /* new tokens, >= 1, pos + n <= max_seq */
     const int *tokens; /* (n) */
+    int all_rows;      /* 1: a logits row for every token, not only the last (echo: prompt logprobs) */
 } gpt2_chunk;
+
+/* Logits rows a backend holds after one forward: max_tokens with all_logits, else max_slots. */
+int gpt2_backend_logit_rows(const gpt2_backend_opts *o);
 
 typedef struct gpt2_backend gpt2_backend;
 struct gpt2_backend {
@@ -44,8 +48,10 @@ struct gpt2_backend {
     char warning[256];
 
     /* Runs the model over the chunks (sum of n <= max_tokens, distinct slots) and appends their K and V
-     * to the cache. Keeps logits on the backend: one row per chunk (its last token), or one row per
-     * token in chunk order when all_logits is set (needs opts.all_logits). */
+     * to the cache. Keeps logits on the backend: one row per token in chunk order when all_logits is
+     * set (needs opts.all_logits); else row i is chunk i's last token, and after those n_chunks rows
+     * come the other tokens of the chunks with all_rows, in chunk and token order (so the sampler's
+     * rows stay 0..n_chunks-1). The rows must fit in gpt2_backend_logit_rows. */
     gpt2_status (*forward)(gpt2_backend *be, const gpt2_chunk *chunks, int n_chunks, int all_logits,
                            gpt2_error *err);
     /* Copies the first n_rows rows of the last forward's logits to dst (n_rows, V) on the host. */
@@ -55,6 +61,9 @@ struct gpt2_backend {
      * out_logprobs[i] = log_softmax(row i of the raw logits, before penalties, temperature, top-k and
      * top-p)[out_tokens[i]]. */
     gpt2_status (*sample)(gpt2_backend *be, const gpt2_sample_req *reqs, int n, int *out_tokens, float *out_logprobs, gpt2_error *err);
+    /* Copies positions 0 .. n_pos-1 of slot src's K and V (every layer) to slot dst, as if dst had been
+     * forwarded over the same tokens (beam search forks a sequence this way). src != dst. */
+    gpt2_status (*copy_slot)(gpt2_backend *be, int src, int dst, int n_pos, gpt2_error *err);
     void (*destroy)(gpt2_backend *be);
 };
 
@@ -68,6 +77,8 @@ gpt2_status gpt2_backend_check_opts(const gpt2_model *m, const gpt2_backend_opts
 /* Checks one forward's chunks against opts; shared by both backends. */
 gpt2_status gpt2_backend_check_chunks(const gpt2_backend_opts *o, const gpt2_chunk *chunks, int n_chunks,
                                       int all_logits, int n_vocab, gpt2_error *err);
+/* Checks a copy_slot's arguments against opts; shared by both backends. */
+gpt2_status gpt2_backend_check_copy(const gpt2_backend_opts *o, int src, int dst, int n_pos, gpt2_error *err);
 
 gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts *opts, gpt2_backend **out,
                                     gpt2_error *err);

@@ -126,11 +126,16 @@ static gpt2_status cpu_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n
     int R = 0;
     if (all_logits) {
         for (int n = 0; n < N; n++) s->rows[R++] = n;
-    } else {
+    } else { /* each chunk's last token, then the other tokens of the all_rows chunks (backend.h) */
         int end = 0;
         for (int i = 0; i < n_chunks; i++) {
             end += chunks[i].n;
             s->rows[R++] = end - 1;
+        }
+        int start = 0;
+        for (int i = 0; i < n_chunks; i++) {
+            for (int t = 0; chunks[i].all_rows && t < chunks[i].n - 1; t++) s->rows[R++] = start + t;
+            start += chunks[i].n;
         }
     }
     for (int r = 0; r < R; r++) memcpy(s->ln + (size_t)r * C, s->x + (size_t)s->rows[r] * C, sizeof(float) * C);
@@ -163,6 +168,23 @@ static gpt2_status cpu_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int
         if (out_logprobs)
             out_logprobs[i] = out_tokens[i] >= 0 ? gpt2_logprob_row(s->logits + (size_t)i * V, V, out_tokens[i]) : NAN;
     }
+    return GPT2_OK;
+}
+
+static gpt2_status cpu_copy_slot(gpt2_backend *be, int src, int dst, int n_pos, gpt2_error *err) {
+    cpu_state *s = be->ctx;
+    const gpt2_config *c = &be->model->cfg;
+    const gpt2_backend_opts *o = &be->opts;
+    gpt2_status st = gpt2_backend_check_copy(o, src, dst, n_pos, err);
+    if (st != GPT2_OK || n_pos == 0) return st;
+    const int NH = c->n_head, HS = c->n_embd / NH, maxT = o->max_seq;
+    const size_t run = sizeof(float) * (size_t)n_pos * (size_t)HS; /* one head's first n_pos positions */
+    for (int l = 0; l < c->n_layer; l++)
+        for (int h = 0; h < NH; h++) {
+            size_t off = (size_t)h * (size_t)maxT * (size_t)HS; /* (NH, maxT, HS) within a slot */
+            memcpy(cache_layer(s->kcache, c, o, l, dst) + off, cache_layer(s->kcache, c, o, l, src) + off, run);
+            memcpy(cache_layer(s->vcache, c, o, l, dst) + off, cache_layer(s->vcache, c, o, l, src) + off, run);
+        }
     return GPT2_OK;
 }
 
@@ -266,6 +288,7 @@ gpt2_status gpt2_backend_cpu_create(const gpt2_model *m, const gpt2_backend_opts
     be->forward = cpu_forward;
     be->read_logits = cpu_read_logits;
     be->sample = cpu_sample;
+    be->copy_slot = cpu_copy_slot;
     be->destroy = cpu_destroy;
     *out = be;
     return GPT2_OK;

@@ -85,6 +85,29 @@ void gpt2_cuda_test_break_next_capture(gpt2_backend *be) {
     if (be && be->ctx && be->destroy == cuda_destroy) ((gpt2_cuda_ctx *)be->ctx)->graphs.break_next_capture = 1;
 }
 
+/* Slot src's first n_pos positions of K and V onto slot dst, device to device on the backend's stream
+ * (ordered after the forwards that wrote them and before the next one). Within a layer the cache is
+ * (S, NH, maxS, HS): one 2D copy per layer and tensor, NH runs of n_pos x HS elements. */
+static gpt2_status cuda_copy_slot(gpt2_backend *be, int src, int dst, int n_pos, gpt2_error *err) {
+    gpt2_cuda_ctx *x = be->ctx;
+    const gpt2_config *c = &be->model->cfg;
+    gpt2_status st = gpt2_backend_check_copy(&be->opts, src, dst, n_pos, err);
+    if (st != GPT2_OK || n_pos == 0) return st;
+    CUDA_CHECK(cudaSetDevice(x->device));
+    const size_t es = gpt2_cuda_dtype_size(be->opts.dtype), HS = (size_t)(c->n_embd / c->n_head);
+    const size_t NH = (size_t)c->n_head, maxS = (size_t)be->opts.max_seq, S = (size_t)be->opts.max_slots;
+    const size_t pitch = maxS * HS * es, width = (size_t)n_pos * HS * es, slot_bytes = NH * pitch;
+    for (int l = 0; l < c->n_layer; l++) {
+        const size_t layer = (size_t)l * S * slot_bytes;
+        char *k = (char *)x->kv.k + layer, *v = (char *)x->kv.v + layer;
+        CUDA_CHECK(cudaMemcpy2DAsync(k + (size_t)dst * slot_bytes, pitch, k + (size_t)src * slot_bytes, pitch, width,
+                                     NH, cudaMemcpyDeviceToDevice, x->stream));
+        CUDA_CHECK(cudaMemcpy2DAsync(v + (size_t)dst * slot_bytes, pitch, v + (size_t)src * slot_bytes, pitch, width,
+                                     NH, cudaMemcpyDeviceToDevice, x->stream));
+    }
+    return GPT2_OK;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Creation                                                                                        */
 
@@ -183,6 +206,7 @@ gpt2_status gpt2_backend_cuda_create(const gpt2_model *m, const gpt2_backend_opt
     be->forward = gpt2_cuda_forward;
     be->read_logits = gpt2_cuda_read_logits;
     be->sample = gpt2_cuda_sample;
+    be->copy_slot = cuda_copy_slot;
     be->destroy = cuda_destroy;
     *out = be;
     return GPT2_OK;

@@ -34,9 +34,13 @@ static const char HELP[] =
     "usage: gpt2 generate --model DIR (--prompt TEXT | --input FILE.jsonl) [options]\n"
     "With --prompt the continuation streams to stdout. With --input each line is a request\n"
     "  {\"id\": ..., \"prompt\": \"...\", \"max_tokens\", \"temperature\", \"top_k\", \"top_p\", \"seed\", \"stop\",\n"
-    "   \"repetition_penalty\", \"frequency_penalty\", \"presence_penalty\"} (all but prompt optional)\n"
+    "   \"repetition_penalty\", \"frequency_penalty\", \"presence_penalty\", \"logprobs\": k (0..20),\n"
+    "   \"echo\": true} (all but prompt optional)\n"
     "and each output line is {\"id\", \"prompt_tokens\", \"tokens\", \"text\", \"finish_reason\", \"fp\"}, in input\n"
-    "order (fp: the request's fingerprint, which --resume checks);\n"
+    "order (fp: the request's fingerprint, which --resume checks); with logprobs also \"logprobs\":\n"
+    "  {\"tokens\", \"token_ids\", \"token_logprobs\", \"top_logprobs\", \"top_ids\", \"text_offset\"} as OpenAI's\n"
+    "  completions report them (from the raw logits, before temperature and top-k/top-p; text_offset in\n"
+    "  bytes); echo puts the prompt's tokens first and the prompt before \"text\";\n"
     "a bad line gets {\"id\", \"line\", \"error\"} and the exit status is 1.\n"
     "  --prompt TEXT            prompt text\n"
     "  --input FILE             JSONL requests\n"
@@ -156,6 +160,16 @@ typedef struct {
     int done;          /* written, or already in the output file (--resume) */
     int failed;        /* an error record */
     char fp[17];       /* fingerprint of the request and model, hex ("" for an error record) */
+    /* logprobs: what the TOKEN events and the PROMPT event carried */
+    int n_seen, cap_seen;  /* generated tokens seen */
+    int *seen_ids;         /* (cap_seen) */
+    float *seen_lp;        /* (cap_seen) */
+    int *seen_top_ids;     /* (cap_seen, k) */
+    float *seen_top_lp;    /* (cap_seen, k) */
+    int n_echo;            /* echo: prompt tokens */
+    float *echo_lp;        /* (n_echo) */
+    int *echo_top_ids;     /* (n_echo, k) */
+    float *echo_top_lp;    /* (n_echo, k) */
 } job;
 
 typedef struct {
@@ -165,6 +179,7 @@ typedef struct {
     FILE *out;
     int write_failed;
     const char *out_name;
+    gpt2_tokenizer *tok; /* token texts of the logprobs records */
     int progress;
     long long tokens_out;
     struct timespec t0;
@@ -329,6 +344,12 @@ static void job_fingerprint(job *j, uint64_t model_id, const cli_common *c, cons
     h = fnv_u64(h, p->seed);
     h = fnv_u64(h, (uint64_t)sp->n_stop);
     for (int i = 0; i < sp->n_stop; i++) h = fnv_bytes(h, sp->stop[i], strlen(sp->stop[i]));
+    if (sp->logprobs || sp->echo) { /* only then, so that records made before these fields keep their fp */
+        h = fnv_bytes(h, "logprobs", 8);
+        h = fnv_u64(h, (uint64_t)sp->logprobs);
+        h = fnv_u64(h, (uint64_t)sp->top_logprobs);
+        h = fnv_u64(h, (uint64_t)sp->echo);
+    }
     snprintf(j->fp, sizeof j->fp, "%016llx", (unsigned long long)h);
 }
 
@@ -470,21 +491,127 @@ static double elapsed(const struct timespec *t0) {
     return (double)(t.tv_sec - t0->tv_sec) + 1e-9 * (double)(t.tv_nsec - t0->tv_nsec);
 }
 
+/* A token's text for the logprobs record (its bytes made valid UTF-8); NULL when out of memory. */
+static json_t *token_text(gpt2_tokenizer *tok, int id) {
+    const char *bytes = "";
+    size_t n = 0, clean_n;
+    if (gpt2_token_bytes(tok, id, &bytes, &n, NULL) != GPT2_OK) n = 0;
+    char *clean = utf8_sanitize(bytes, n, &clean_n);
+    json_t *t = clean ? json_stringn(clean, clean_n) : NULL;
+    free(clean);
+    return t;
+}
+
+/* One position's alternatives: {text: logprob} (OpenAI's shape; a text that two ids share keeps the
+ * likelier) into tops, and the ids in order into ids. */
+static int add_alternatives(gpt2_tokenizer *tok, json_t *tops, json_t *ids, const int *top_ids, const float *top_lp,
+                            int k) {
+    json_t *d = json_object(), *v = json_array();
+    int bad = !d || !v;
+    for (int i = 0; !bad && i < k; i++) {
+        json_t *t = token_text(tok, top_ids[i]);
+        bad = !t;
+        if (!bad && !json_object_get(d, json_string_value(t)))
+            bad = json_object_set_new(d, json_string_value(t), json_real(top_lp[i]));
+        json_decref(t);
+        if (!bad) bad = json_array_append_new(v, json_integer(top_ids[i]));
+    }
+    if (bad) {
+        json_decref(d);
+        json_decref(v);
+        return -1;
+    }
+    return json_array_append_new(tops, d) | json_array_append_new(ids, v);
+}
+
+/* The record's "logprobs" object from the events the job saw; echo's prompt first. *offset_end gets
+ * the byte length of the text it indexes. NULL when out of memory. */
+static json_t *logprobs_record(batch *b, const job *j, int n_tokens) {
+    const int k = j->spec.top_logprobs;
+    json_t *o = json_object(), *toks = json_array(), *ids = json_array(), *lps = json_array(), *tops = json_array(),
+           *top_ids = json_array(), *offs = json_array();
+    int bad = !o || !toks || !ids || !lps || !tops || !top_ids || !offs;
+    size_t off = 0;
+    int n_echo = j->spec.echo && j->n_echo <= j->n_ids ? j->n_echo : 0;
+    for (int i = 0; !bad && i < n_echo + n_tokens; i++) {
+        int p = i < n_echo, g = i - n_echo;
+        int id = p ? j->ids[i] : j->seen_ids[g];
+        float lp = p ? j->echo_lp[i] : j->seen_lp[g];
+        const int *ti = p ? j->echo_top_ids + (size_t)i * k : j->seen_top_ids + (size_t)g * k;
+        const float *tl = p ? j->echo_top_lp + (size_t)i * k : j->seen_top_lp + (size_t)g * k;
+        const char *bytes;
+        size_t nb = 0;
+        if (gpt2_token_bytes(b->tok, id, &bytes, &nb, NULL) != GPT2_OK) nb = 0;
+        json_t *t = token_text(b->tok, id);
+        bad = !t || json_array_append_new(toks, t) || json_array_append_new(ids, json_integer(id)) ||
+              json_array_append_new(lps, isfinite(lp) ? json_real(lp) : json_null()) ||
+              json_array_append_new(offs, json_integer((json_int_t)off));
+        if (!bad && p && i == 0) /* no context: null, as OpenAI */
+            bad = json_array_append_new(tops, json_null()) | json_array_append_new(top_ids, json_null());
+        else if (!bad)
+            bad = add_alternatives(b->tok, tops, top_ids, ti, tl, k) != 0;
+        off += nb;
+    }
+    if (!bad)
+        bad = json_object_set_new(o, "tokens", toks) | json_object_set_new(o, "token_ids", ids) |
+              json_object_set_new(o, "token_logprobs", lps) | json_object_set_new(o, "top_logprobs", tops) |
+              json_object_set_new(o, "top_ids", top_ids) | json_object_set_new(o, "text_offset", offs);
+    else {
+        json_decref(toks);
+        json_decref(ids);
+        json_decref(lps);
+        json_decref(tops);
+        json_decref(top_ids);
+        json_decref(offs);
+    }
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* The prompt's text (its decoded ids) followed by the output, for echo; malloc'ed. */
+static char *echo_text(gpt2_tokenizer *tok, const job *j, const char *text, size_t n_text, size_t *n_out) {
+    char *p = NULL, *all = NULL;
+    size_t n_p = 0;
+    if (gpt2_decode(tok, j->ids, (size_t)j->n_ids, &p, &n_p, NULL) != GPT2_OK) return NULL;
+    if ((all = malloc(n_p + n_text + 1))) {
+        memcpy(all, p, n_p);
+        memcpy(all + n_p, text, n_text);
+        all[n_p + n_text] = '\0';
+        *n_out = n_p + n_text;
+    }
+    free(p);
+    return all;
+}
+
 static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens, const char *text, size_t n_text,
                            gpt2_finish reason) {
     batch *b = user;
     job *j = &b->jobs[b->req_job[req]];
-    size_t clean_n;
-    char *clean = utf8_sanitize(text, n_text, &clean_n);
+    size_t clean_n, n_all = n_text;
+    char *all = j->spec.echo ? echo_text(b->tok, j, text, n_text, &n_all) : NULL;
+    char *clean = j->spec.echo && !all ? NULL : utf8_sanitize(all ? all : text, n_all, &clean_n);
+    free(all);
     json_t *toks = json_array();
     for (int i = 0; toks && i < n_tokens; i++) json_array_append_new(toks, json_integer(tokens[i]));
     json_t *r = clean && toks ? json_pack("{s:O, s:i, s:o, s:s%, s:s}", "id", j->id, "prompt_tokens", j->prompt_tokens,
                                           "tokens", toks, "text", clean, clean_n, "finish_reason",
                                           gpt2_finish_name(reason))
                               : NULL;
+    if (r) toks = NULL; /* r holds it now */
     if (r && json_is_null(j->id)) json_object_set_new(r, "line", json_integer(j->line));
+    if (r && (j->spec.logprobs || j->spec.echo)) {
+        /* the TOKEN events carried exactly the tokens of FINISH */
+        json_t *lp = n_tokens <= j->n_seen ? logprobs_record(b, j, n_tokens) : NULL;
+        if (!lp || json_object_set_new(r, "logprobs", lp)) {
+            json_decref(r);
+            r = NULL;
+        }
+    }
     if (r && j->fp[0]) json_object_set_new(r, "fp", json_string(j->fp));
-    if (!r) json_decref(toks);
+    json_decref(toks);
     free(clean);
     j->record = r ? json_dumps(r, JSON_COMPACT) : NULL;
     json_decref(r);
@@ -541,9 +668,59 @@ typedef struct {
     int *failed; /* shared: a write failed, stop generating */
 } req_user;
 
+/* Keeps what a TOKEN or PROMPT event says about logprobs, for the job's record. 0 ok, -1 out of memory. */
+static int keep_logprobs(batch *b, int req, const gpt2_event *ev) {
+    job *j = &b->jobs[b->req_job[req]];
+    const size_t k = (size_t)j->spec.top_logprobs;
+    if (!j->spec.logprobs && !j->spec.echo) return 0;
+    if (ev->kind == GPT2_EVENT_PROMPT) {
+        size_t n = (size_t)ev->n_tokens;
+        free(j->echo_lp);
+        free(j->echo_top_ids);
+        free(j->echo_top_lp);
+        j->echo_lp = malloc(sizeof(float) * (n ? n : 1));
+        j->echo_top_ids = calloc(n * k + 1, sizeof(int));
+        j->echo_top_lp = calloc(n * k + 1, sizeof(float));
+        if (!j->echo_lp || !j->echo_top_ids || !j->echo_top_lp || (size_t)ev->n_top != k) return -1;
+        memcpy(j->echo_lp, ev->logprobs, sizeof(float) * n);
+        if (k) {
+            memcpy(j->echo_top_ids, ev->top_ids, sizeof(int) * n * k);
+            memcpy(j->echo_top_lp, ev->top_logprobs, sizeof(float) * n * k);
+        }
+        j->n_echo = ev->n_tokens;
+        return 0;
+    }
+    if (j->n_seen == j->cap_seen) {
+        int cap = j->cap_seen ? 2 * j->cap_seen : 64;
+        int *ids = realloc(j->seen_ids, sizeof(int) * (size_t)cap);
+        if (ids) j->seen_ids = ids;
+        float *lp = realloc(j->seen_lp, sizeof(float) * (size_t)cap);
+        if (lp) j->seen_lp = lp;
+        int *ti = realloc(j->seen_top_ids, sizeof(int) * ((size_t)cap * k + 1));
+        if (ti) j->seen_top_ids = ti;
+        float *tl = realloc(j->seen_top_lp, sizeof(float) * ((size_t)cap * k + 1));
+        if (tl) j->seen_top_lp = tl;
+        if (!ids || !lp || !ti || !tl) return -1;
+        j->cap_seen = cap;
+    }
+    j->seen_ids[j->n_seen] = ev->token;
+    j->seen_lp[j->n_seen] = ev->logprob;
+    if (k && (size_t)ev->n_top == k) {
+        memcpy(j->seen_top_ids + (size_t)j->n_seen * k, ev->top_ids, sizeof(int) * k);
+        memcpy(j->seen_top_lp + (size_t)j->n_seen * k, ev->top_logprobs, sizeof(float) * k);
+    }
+    j->n_seen++;
+    return 0;
+}
+
 static int on_event(const gpt2_event *ev) {
     req_user *u = ev->user;
     int rc = 0;
+    if ((ev->kind == GPT2_EVENT_TOKEN || ev->kind == GPT2_EVENT_PROMPT) && !u->stream &&
+        keep_logprobs(u->b, u->req, ev)) {
+        fprintf(stderr, "gpt2 generate: out of memory keeping the logprobs of request %d\n", u->req);
+        rc = 1;
+    }
     if (ev->kind == GPT2_EVENT_TEXT && u->stream) rc = on_text_stream(u->b, u->req, ev->text, ev->n_text);
     if (ev->kind == GPT2_EVENT_FINISH && ev->finish == GPT2_FINISH_ERROR)
         rc = u->stream ? on_error_stream(u->b, u->req, ev->error) : on_error_batch(u->b, u->req, ev->error);
@@ -768,6 +945,13 @@ static void free_jobs(batch *b) {
         free(j->key);
         gpt2_request_spec_free(&j->spec);
         free(j->ids);
+        free(j->seen_ids);
+        free(j->seen_lp);
+        free(j->seen_top_ids);
+        free(j->seen_top_lp);
+        free(j->echo_lp);
+        free(j->echo_top_ids);
+        free(j->echo_top_lp);
         free(j->record);
     }
     free(b->jobs);
@@ -866,6 +1050,7 @@ int cmd_generate(int argc, char **argv) {
         for (int i = 0; i < b.n_jobs; i++)
             if (!b.jobs[i].failed) job_fingerprint(&b.jobs[i], model_id, &c, &a);
         b.out_name = a.output ? a.output : "standard output";
+        b.tok = tok;
         if (a.output && open_output_locked(a.output, a.resume, &b.out)) goto out;
         if (!a.output) b.out = stdout;
         if (a.resume && (rc = resume_from(&b, a.output, &b.out)) != 0) goto out;
@@ -883,7 +1068,8 @@ int cmd_generate(int argc, char **argv) {
         const gpt2_request_spec *sp = a.prompt ? &a.defaults : &j->spec;
         reqs[n_reqs] = (gpt2_request){.prompt = j->ids, .n_prompt = j->n_ids, .max_tokens = sp->max_tokens,
                                       .sampling = sp->sampling, .stop = (const char *const *)sp->stop,
-                                      .n_stop = sp->n_stop};
+                                      .n_stop = sp->n_stop, .logprobs = sp->logprobs,
+                                      .top_logprobs = sp->top_logprobs, .echo = sp->echo};
         b.req_job[n_reqs++] = i;
     }
     b.n_to_run = n_reqs;

@@ -327,7 +327,7 @@ gpt2_status gpt2_cuda_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n_
     /* prefill, or a mix of prefill and decode: per-token inputs and the attention tiles */
     int *tok = h + p->i_tok, *pos = h + p->i_pos, *slot = h + p->i_slot, *row = h + p->i_row;
     int *cd = h + p->i_chunks, *tiles = h + p->i_tiles;
-    int n = 0, n_tiles = 0;
+    int n = 0, n_tiles = 0, extra = n_chunks; /* rows after the chunks' last tokens: all_rows tokens */
     for (int i = 0; i < n_chunks; i++) {
         const gpt2_chunk *ch = &chunks[i];
         cd[4 * i] = ch->slot;
@@ -345,7 +345,8 @@ gpt2_status gpt2_cuda_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n_
             tok[n] = ch->tokens[t];
             pos[n] = ch->pos + t;
             slot[n] = ch->slot;
-            row[n] = t == ch->n - 1 ? i : -1; /* without all_logits: chunk i's last token -> logits row i */
+            /* without all_logits: chunk i's last token -> logits row i, its others (all_rows) after them */
+            row[n] = t == ch->n - 1 ? i : ch->all_rows ? extra++ : -1;
         }
     }
     if ((st = push_inputs(x, p->i_tok, (size_t)N, err)) || (st = push_inputs(x, p->i_pos, (size_t)N, err)) ||
@@ -357,7 +358,7 @@ gpt2_status gpt2_cuda_forward(gpt2_backend *be, const gpt2_chunk *chunks, int n_
     CUDA_CHECK(cudaEventRecord(x->a.in_copied, x->stream));
     x->a.in_pending = 1;
     s.N = N;
-    s.rows = all_logits ? N : n_chunks;
+    s.rows = all_logits ? N : extra;
     s.tok = d + p->i_tok;
     s.pos = d + p->i_pos;
     s.slot = d + p->i_slot;

@@ -149,12 +149,46 @@ static gpt2_status job_prompt(gpt2_engine *e, const gpt2_request *r, gpt2_job *j
     return GPT2_OK;
 }
 
+/* The job's echo and top-logprob arrays (sizes from n_prompt, cap_gen and n_top, overflow-checked). */
+static gpt2_status job_logprob_buffers(gpt2_job *j, gpt2_error *err) {
+    size_t k = (size_t)j->n_top, n_echo, n_gen;
+    if (gpt2_mul_size((size_t)j->n_prompt, k, &n_echo) || gpt2_mul_size((size_t)j->cap_gen, k, &n_gen))
+        return gpt2_fail(err, GPT2_ERR_LIMIT, "top_logprobs: %d alternatives of %d positions overflow", j->n_top,
+                         j->n_prompt + j->cap_gen);
+    /* calloc checks n x size itself */
+    if (j->echo) {
+        j->echo_lp = calloc((size_t)j->n_prompt, sizeof(float));
+        j->echo_top_ids = calloc(n_echo ? n_echo : 1, sizeof(int));
+        j->echo_top_lp = calloc(n_echo ? n_echo : 1, sizeof(float));
+        if (!j->echo_lp || !j->echo_top_ids || !j->echo_top_lp) goto nomem;
+        j->echo_lp[0] = NAN;
+        for (size_t i = 0; i < k; i++) {
+            j->echo_top_ids[i] = -1; /* row 0: no context */
+            j->echo_top_lp[i] = NAN;
+        }
+    }
+    if (n_gen > 0) {
+        j->gen_top_ids = calloc(n_gen, sizeof(int));
+        j->gen_top_lp = calloc(n_gen, sizeof(float));
+        if (!j->gen_top_ids || !j->gen_top_lp) goto nomem;
+    }
+    return GPT2_OK;
+nomem:
+    return gpt2_fail(err, GPT2_ERR_NOMEM, "submit: out of memory for the logprobs of %d positions",
+                     j->n_prompt + j->cap_gen);
+}
+
 gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_request_id *id, gpt2_error *err) {
     if (id) *id = 0;
     if (!e || !r) return gpt2_fail(err, GPT2_ERR_ARG, "submit: no engine or no request");
     if (r->max_tokens < 0) return gpt2_fail(err, GPT2_ERR_ARG, "max_tokens %d: must be >= 0", r->max_tokens);
     gpt2_status st = gpt2_sampling_check(&r->sampling, err);
     if (st != GPT2_OK) return st;
+    if (r->top_logprobs < 0 || r->top_logprobs > GPT2_MAX_TOP_LOGPROBS)
+        return gpt2_fail(err, GPT2_ERR_ARG, "top_logprobs %d: must be in 0..%d", r->top_logprobs,
+                         GPT2_MAX_TOP_LOGPROBS);
+    if (r->top_logprobs > 0 && !r->logprobs)
+        return gpt2_fail(err, GPT2_ERR_ARG, "top_logprobs %d: needs logprobs = 1", r->top_logprobs);
     if (r->n_stop < 0 || r->n_stop > GPT2_MAX_STOPS || (r->n_stop > 0 && !r->stop))
         return gpt2_fail(err, GPT2_ERR_ARG, "stop: %d stop strings, must be 0..%d", r->n_stop, GPT2_MAX_STOPS);
     for (int i = 0; i < r->n_stop; i++) {
@@ -189,6 +223,10 @@ gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_reque
     j->sampling = r->sampling;
     j->ignore_eot = r->ignore_eot ? 1 : 0;
     j->want_logprobs = r->logprobs ? 1 : 0;
+    j->n_top = r->top_logprobs;
+    j->echo = r->echo ? 1 : 0;
+    j->cap_gen = r->max_tokens < e->max_seq - j->n_prompt ? r->max_tokens : e->max_seq - j->n_prompt;
+    if ((st = job_logprob_buffers(j, err)) != GPT2_OK) goto fail;
     j->on_event = r->on_event;
     j->user = r->user;
 

@@ -21,6 +21,15 @@ struct gpt2_job {
     int n_stop;
     size_t max_stop;     /* longest stop string */
     int ignore_eot, want_logprobs;
+    int n_top;           /* top_logprobs: alternatives reported per position */
+    int echo;            /* 1: a PROMPT event with the prompt's logprobs */
+    int prompt_sent;     /* the PROMPT event went out (step thread only) */
+    float *echo_lp;      /* echo: (n_prompt) log p(prompt[i] | prompt[..i]), [0] = NAN */
+    int *echo_top_ids;   /* echo: (n_prompt, n_top) */
+    float *echo_top_lp;  /* echo: (n_prompt, n_top) */
+    int cap_gen;         /* most tokens it can generate: min(max_tokens, max_seq - n_prompt) */
+    int *gen_top_ids;    /* n_top > 0: (cap_gen, n_top) alternatives of each generated token */
+    float *gen_top_lp;   /* n_top > 0: (cap_gen, n_top) */
     gpt2_event_fn on_event;
     void *user;
     int cancel;          /* gpt2_engine_cancel asked (under the lock) */
@@ -62,6 +71,10 @@ struct gpt2_engine {
     int *sampled;            /* (S) */
     float *logprobs;         /* (S) */
     gpt2_job **scratch_jobs; /* (S) admitted this step */
+    int *part_slot, *part_n; /* (S) slots of this step's partial prefill pieces, and their lengths */
+    int *chunk_extra;        /* (S) first logits row of each chunk's all_rows tokens (backend.h), -1: none */
+    int rows_cap;            /* logits rows one step may ask for: the backend's, at most S + 256 */
+    float *logits_h;         /* (rows_cap, V) host copy of a step's logits rows, allocated on first use */
     /* the queue and the live list, under lock */
     pthread_mutex_t lock;
     pthread_mutex_t tok_lock; /* gpt2_encode at submit (the tokenizer keeps scratch) */

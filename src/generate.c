@@ -26,6 +26,11 @@ const char *gpt2_finish_name(gpt2_finish f) {
 void gpt2_job_free(gpt2_job *j) {
     if (!j) return;
     free(j->prompt);
+    free(j->echo_lp);
+    free(j->echo_top_ids);
+    free(j->echo_top_lp);
+    free(j->gen_top_ids);
+    free(j->gen_top_lp);
     for (int i = 0; i < j->n_stop; i++) free(j->stop[i]);
     free(j->stop);
     free(j);
@@ -57,7 +62,11 @@ static void emit(const gpt2_engine *e, gpt2_slot *sl, size_t upto, size_t tok_up
     const int *gen = sl->hist + (sl->n_hist - sl->n_gen);
     while (sl->n_token_events < sl->n_gen && sl->tok_end[sl->n_token_events] <= tok_upto) {
         int k = sl->n_token_events++;
-        gpt2_event ev = {.kind = GPT2_EVENT_TOKEN, .token = gen[k], .logprob = sl->lp[k]};
+        gpt2_event ev = {.kind = GPT2_EVENT_TOKEN, .token = gen[k], .logprob = sl->lp[k], .n_top = j->n_top};
+        if (j->n_top > 0) {
+            ev.top_ids = j->gen_top_ids + (size_t)k * (size_t)j->n_top;
+            ev.top_logprobs = j->gen_top_lp + (size_t)k * (size_t)j->n_top;
+        }
         size_t n;
         if (gpt2_token_bytes(e->tok, gen[k], &ev.bytes, &n, NULL) != GPT2_OK) {
             ev.bytes = "";
@@ -185,6 +194,46 @@ static gpt2_status take_token(gpt2_engine *e, gpt2_slot *sl, int token, float lo
     return GPT2_OK;
 }
 
+/* The first n_rows logits rows of the last forward into e->logits_h (allocated on first use). */
+static gpt2_status read_rows(gpt2_engine *e, int n_rows, gpt2_error *err) {
+    if (!e->logits_h) {
+        size_t n;
+        if (gpt2_mul_size((size_t)e->rows_cap, (size_t)e->model->cfg.vocab_size, &n) ||
+            !(e->logits_h = calloc(n, sizeof(float))))
+            return gpt2_fail(err, GPT2_ERR_NOMEM, "engine: out of memory for %d host rows of logits", e->rows_cap);
+    }
+    return e->be->read_logits(e->be, e->logits_h, n_rows, err);
+}
+
+/* The prompt logprobs that chunk k (all_rows, of slot sl, not yet counted in n_cached) gives: the
+ * row of its token t predicts prompt position pos + t + 1. */
+static void echo_rows(gpt2_engine *e, gpt2_slot *sl, int k) {
+    gpt2_job *j = sl->job;
+    const gpt2_chunk *ch = &e->chunks[k];
+    const int V = e->model->cfg.vocab_size;
+    for (int t = 0; t < ch->n; t++) {
+        int p = ch->pos + t + 1;
+        if (p >= j->n_prompt) break;
+        int row = t == ch->n - 1 ? k : e->chunk_extra[k] + t;
+        const float *l = e->logits_h + (size_t)row * (size_t)V;
+        j->echo_lp[p] = gpt2_logprob_row(l, V, j->prompt[p]);
+        if (j->n_top > 0)
+            gpt2_top_logprobs_row(l, V, j->n_top, j->echo_top_ids + (size_t)p * (size_t)j->n_top,
+                                  j->echo_top_lp + (size_t)p * (size_t)j->n_top);
+    }
+}
+
+/* The PROMPT event, once the whole prompt is cached. */
+static void send_prompt(gpt2_engine *e, gpt2_slot *sl) {
+    gpt2_job *j = sl->job;
+    (void)e;
+    j->prompt_sent = 1;
+    gpt2_event ev = {.kind = GPT2_EVENT_PROMPT, .tokens = j->prompt, .n_tokens = j->n_prompt, .logprobs = j->echo_lp,
+                     .prompt_tokens = j->n_prompt, .n_top = j->n_top, .top_ids = j->echo_top_ids,
+                     .top_logprobs = j->echo_top_lp, .text = "", .bytes = ""};
+    deliver(j, &ev);
+}
+
 static void start(gpt2_slot *sl, gpt2_job *j) {
     sl->job = j;
     memcpy(sl->hist, j->prompt, sizeof(int) * (size_t)j->n_prompt);
@@ -207,7 +256,13 @@ gpt2_status gpt2_sched_init(gpt2_engine *e, gpt2_error *err) {
     e->sampled = calloc(S, sizeof(int));
     e->logprobs = calloc(S, sizeof(float));
     e->scratch_jobs = calloc(S, sizeof(gpt2_job *));
-    if (!e->slots || !e->chunks || !e->sr || !e->chunk_slot || !e->sampled || !e->logprobs || !e->scratch_jobs)
+    e->chunk_extra = calloc(S, sizeof(int));
+    e->part_slot = calloc(S, sizeof(int));
+    e->part_n = calloc(S, sizeof(int));
+    int rows = gpt2_backend_logit_rows(&e->be->opts);
+    e->rows_cap = rows < e->S + 256 ? rows : e->S + 256;
+    if (!e->slots || !e->chunks || !e->sr || !e->chunk_slot || !e->sampled || !e->logprobs || !e->scratch_jobs ||
+        !e->chunk_extra || !e->part_slot || !e->part_n)
         goto nomem;
     for (size_t i = 0; i < S; i++) {
         e->slots[i].hist = malloc(sizeof(int) * (size_t)e->max_seq);
@@ -237,6 +292,12 @@ void gpt2_sched_free(gpt2_engine *e) {
     free(e->sampled);
     free(e->logprobs);
     free(e->scratch_jobs);
+    free(e->chunk_extra);
+    free(e->part_slot);
+    free(e->part_n);
+    free(e->logits_h);
+    e->chunk_extra = e->part_slot = e->part_n = NULL;
+    e->logits_h = NULL;
     e->slots = NULL;
     e->chunks = NULL;
     e->sr = NULL;
@@ -314,13 +375,13 @@ gpt2_status gpt2_sched_step(gpt2_engine *e, int *busy, gpt2_error *err) {
     gpt2_job *zero = NULL, **zero_tail = &zero;
     int n_admit = 0;
     pthread_mutex_lock(&e->lock);
-    while (e->q_head && (n_admit < n_free || e->q_head->max_tokens == 0)) {
+    while (e->q_head && (n_admit < n_free || (e->q_head->max_tokens == 0 && !e->q_head->echo))) {
         gpt2_job *j = e->q_head;
         e->q_head = j->qnext;
         if (!e->q_head) e->q_tail = NULL;
         j->queued = 0;
         j->qnext = NULL;
-        if (j->max_tokens == 0) {
+        if (j->max_tokens == 0 && !j->echo) { /* with echo it is prefilled for its PROMPT event */
             *zero_tail = j;
             zero_tail = &j->qnext;
         } else e->scratch_jobs[n_admit++] = j;
@@ -335,9 +396,13 @@ gpt2_status gpt2_sched_step(gpt2_engine *e, int *busy, gpt2_error *err) {
         if (!e->slots[i].job) start(&e->slots[i], e->scratch_jobs[k++]);
 
     /* 3. One forward over the active slots. Chunks that end a slot's pending tokens (decode steps, last
-     * prefill pieces) come first, since their rows are sampled; one partial prefill piece may follow
-     * within the token budget. */
-    int budget = be->opts.max_tokens, n_full = 0, n_chunks = 0, partial = -1, partial_n = 0;
+     * prefill pieces) come first, since their rows are sampled; partial prefill pieces follow within the
+     * token budget. A prompt being echoed needs a logits row per token: those rows come from what the
+     * backend holds beyond one row per active slot, so a long echoed prompt may take several steps. */
+    int budget = be->opts.max_tokens, n_full = 0, n_part = 0, n_active = 0;
+    for (int i = 0; i < e->S; i++) n_active += e->slots[i].job != NULL;
+    int extra_left = e->rows_cap - n_active; /* >= 0: rows_cap >= S */
+    int *part_slot = e->part_slot, *part_n = e->part_n;
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < e->S; i++) {
             gpt2_slot *sl = &e->slots[i];
@@ -345,45 +410,75 @@ gpt2_status gpt2_sched_step(gpt2_engine *e, int *busy, gpt2_error *err) {
             int pending = sl->n_hist - sl->n_cached;
             if ((pass == 0) != (pending == 1)) continue; /* decode steps first, then prefills */
             if (budget <= 0) break;
-            if (pending <= budget) {
+            int take = pending < budget ? pending : budget;
+            int echo = sl->job->echo && sl->n_cached < sl->job->n_prompt;
+            if (echo && take - 1 > extra_left) take = 1 + extra_left;
+            if (take == pending) {
                 e->chunk_slot[n_full++] = i;
-                budget -= pending;
-            } else if (partial < 0) {
-                partial = i;
-                partial_n = budget;
-                budget = 0;
+            } else {
+                part_slot[n_part] = i;
+                part_n[n_part++] = take;
             }
+            budget -= take;
+            if (echo) extra_left -= take - 1;
         }
-    int want_lp = 0;
+    int want_lp = 0, want_host = 0, n_chunks = 0;
     for (int k = 0; k < n_full; k++) {
         gpt2_slot *sl = &e->slots[e->chunk_slot[k]];
-        e->chunks[k] = (gpt2_chunk){.slot = e->chunk_slot[k], .pos = sl->n_cached, .n = sl->n_hist - sl->n_cached,
-                                    .tokens = sl->hist + sl->n_cached};
         const gpt2_job *j = sl->job;
+        e->chunks[k] = (gpt2_chunk){.slot = e->chunk_slot[k], .pos = sl->n_cached, .n = sl->n_hist - sl->n_cached,
+                                    .tokens = sl->hist + sl->n_cached,
+                                    .all_rows = j->echo && sl->n_cached < j->n_prompt};
         e->sr[k] = (gpt2_sample_req){.p = &j->sampling, .step = (uint64_t)sl->n_gen, .history = sl->hist,
                                      .n_history = sl->n_hist, .n_prompt = j->n_prompt};
         want_lp |= j->want_logprobs;
+        want_host |= j->n_top > 0 || e->chunks[k].all_rows;
     }
     n_chunks = n_full;
-    if (partial >= 0) {
-        gpt2_slot *sl = &e->slots[partial];
-        e->chunks[n_chunks++] = (gpt2_chunk){.slot = partial, .pos = sl->n_cached, .n = partial_n,
-                                             .tokens = sl->hist + sl->n_cached};
+    for (int k = 0; k < n_part; k++) {
+        gpt2_slot *sl = &e->slots[part_slot[k]];
+        const gpt2_job *j = sl->job;
+        e->chunks[n_chunks] = (gpt2_chunk){.slot = part_slot[k], .pos = sl->n_cached, .n = part_n[k],
+                                           .tokens = sl->hist + sl->n_cached,
+                                           .all_rows = j->echo && sl->n_cached < j->n_prompt};
+        want_host |= e->chunks[n_chunks].all_rows;
+        n_chunks++;
+    }
+    int n_rows = n_chunks; /* logits rows of this forward (backend.h: last tokens, then all_rows tokens) */
+    for (int k = 0; k < n_chunks; k++) {
+        e->chunk_extra[k] = e->chunks[k].all_rows && e->chunks[k].n > 1 ? n_rows : -1;
+        if (e->chunks[k].all_rows) n_rows += e->chunks[k].n - 1;
     }
     if (n_chunks > 0) {
         if ((st = be->forward(be, e->chunks, n_chunks, 0, err)) != GPT2_OK) goto out;
+        if (want_host && (st = read_rows(e, n_rows, err)) != GPT2_OK) goto out;
         if (n_full > 0 &&
             (st = be->sample(be, e->sr, n_full, e->sampled, want_lp ? e->logprobs : NULL, err)) != GPT2_OK)
             goto out;
         /* only now: after a failure the same tokens are forwarded again (rewriting their KV entries) */
-        for (int k = 0; k < n_chunks; k++) e->slots[e->chunks[k].slot].n_cached += e->chunks[k].n;
+        for (int k = 0; k < n_chunks; k++) {
+            gpt2_slot *sl = &e->slots[e->chunks[k].slot];
+            if (e->chunks[k].all_rows) echo_rows(e, sl, k);
+            sl->n_cached += e->chunks[k].n;
+        }
         for (int k = 0; k < n_full; k++) {
             gpt2_slot *sl = &e->slots[e->chunk_slot[k]];
+            gpt2_job *j = sl->job;
+            if (j->echo && !j->prompt_sent) send_prompt(e, sl);
             if (e->sampled[k] == GPT2_SAMPLE_NONFINITE) {
                 fail_nonfinite(e, sl);
                 continue;
             }
-            float lp = sl->job->want_logprobs ? e->logprobs[k] : NAN;
+            if (j->max_tokens == 0) { /* echo alone: the prompt was all it wanted */
+                finish(e, sl, GPT2_FINISH_LENGTH);
+                continue;
+            }
+            if (j->n_top > 0 && sl->n_gen < j->cap_gen)
+                gpt2_top_logprobs_row(e->logits_h + (size_t)k * (size_t)e->model->cfg.vocab_size,
+                                      e->model->cfg.vocab_size, j->n_top,
+                                      j->gen_top_ids + (size_t)sl->n_gen * (size_t)j->n_top,
+                                      j->gen_top_lp + (size_t)sl->n_gen * (size_t)j->n_top);
+            float lp = j->want_logprobs ? e->logprobs[k] : NAN;
             if ((st = take_token(e, sl, e->sampled[k], lp, err)) != GPT2_OK) goto out;
         }
     }

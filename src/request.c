@@ -80,6 +80,9 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
     gpt2_request_spec r = {0};
     r.max_tokens = defaults->max_tokens;
     r.sampling = defaults->sampling;
+    r.logprobs = defaults->logprobs;
+    r.top_logprobs = defaults->top_logprobs;
+    r.echo = defaults->echo;
     if (!json_is_object(root)) {
         st = gpt2_fail(err, GPT2_ERR_FORMAT, "a request must be a JSON object");
         goto fail;
@@ -129,6 +132,20 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
             if ((st = get_float(v, key, &r.sampling.frequency_penalty, err))) goto fail;
         } else if (!strcmp(key, "presence_penalty")) {
             if ((st = get_float(v, key, &r.sampling.presence_penalty, err))) goto fail;
+        } else if (!strcmp(key, "logprobs")) { /* OpenAI's completions: null = off, k = k alternatives */
+            if (json_is_null(v)) {
+                r.logprobs = r.top_logprobs = 0;
+            } else {
+                if ((st = get_int(v, key, 0, GPT2_MAX_TOP_LOGPROBS, &i, err))) goto fail;
+                r.logprobs = 1;
+                r.top_logprobs = (int)i;
+            }
+        } else if (!strcmp(key, "echo")) {
+            if (!json_is_boolean(v)) {
+                st = gpt2_fail(err, GPT2_ERR_ARG, "\"echo\": must be true or false");
+                goto fail;
+            }
+            r.echo = json_is_true(v);
         } else if (!strcmp(key, "stop")) {
             have_stop = 1;
             if (json_is_string(v)) {

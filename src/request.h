@@ -7,7 +7,7 @@
 #include "gpt2.h"
 #include "sampler.h"
 
-enum { GPT2_MAX_STOPS = 16, GPT2_MAX_STOP_LEN = 256, GPT2_MAX_TOP_K = 1 << 30 };
+enum { GPT2_MAX_STOPS = 16, GPT2_MAX_STOP_LEN = 256, GPT2_MAX_TOP_K = 1 << 30, GPT2_MAX_TOP_LOGPROBS = 20 };
 
 typedef struct {
     json_t *id;      /* the request's "id" (string or integer), owned; NULL when absent */
@@ -17,10 +17,14 @@ typedef struct {
     gpt2_sampling sampling;
     char *stop[GPT2_MAX_STOPS]; /* owned */
     int n_stop;
+    int logprobs;    /* 1: each token's logprob ("logprobs": k, not null) */
+    int top_logprobs;/* k: that many alternatives per token, 0..GPT2_MAX_TOP_LOGPROBS */
+    int echo;        /* 1: the prompt's tokens and logprobs too */
 } gpt2_request_spec;
 
 /* Parses one line {"id", "prompt", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop",
- * "repetition_penalty", "frequency_penalty", "presence_penalty"}; fields absent take the values of
+ * "repetition_penalty", "frequency_penalty", "presence_penalty", "logprobs" (null or 0..20), "echo"
+ * (boolean)}; fields absent take the values of
  * `defaults` (whose prompt and id are ignored). Unknown fields, wrong types and out-of-range values
  * are errors naming the field. On error only out->id may be set (the id, when it could be read, for
  * the error record); free it with gpt2_request_spec_free. */

@@ -161,3 +161,25 @@ float gpt2_logprob_row(const float *logits, int V, int token) {
     for (int i = 0; i < V; i++) sum += exp((double)logits[i] - (double)mx);
     return (float)((double)logits[token] - (double)mx - log(sum));
 }
+
+void gpt2_top_logprobs_row(const float *logits, int V, int k, int *ids, float *logprobs) {
+    float mx = logits[0];
+    for (int i = 1; i < V; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - (double)mx);
+    const double ls = log(sum);
+    /* insertion into the k best so far: a later (higher) id goes after equal logits */
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        float l = logits[i];
+        if (n == k && !(l > logits[ids[k - 1]])) continue;
+        int at = n < k ? n++ : k - 1;
+        while (at > 0 && l > logits[ids[at - 1]]) {
+            ids[at] = ids[at - 1];
+            at--;
+        }
+        ids[at] = i;
+    }
+    for (int i = 0; i < k; i++) logprobs[i] = (float)((double)logits[ids[i]] - (double)mx - ls); /* as gpt2_logprob_row */
+}

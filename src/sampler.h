@@ -48,4 +48,8 @@ int gpt2_sample_row(float *logits, int n_vocab, const gpt2_sample_req *r, gpt2_s
 /* log_softmax(logits)[token] over n_vocab raw logits, in double with the maximum subtracted. */
 float gpt2_logprob_row(const float *logits, int n_vocab, int token);
 
+/* The k (1..n_vocab) most likely tokens of one raw logits row and their log_softmax values (as
+ * gpt2_logprob_row computes them): ids (k), logprobs (k), most likely first, ties to the lower id. */
+void gpt2_top_logprobs_row(const float *logits, int n_vocab, int k, int *ids, float *logprobs);
+
 #endif /* GPT2_SAMPLER_H */

@@ -1698,4 +1698,88 @@ Test(cuda_real_shape, greedy_fp32_batch_invariance_as_documented, .timeout = 300
     gpt2_model_free(m);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Issue 11: all_rows chunks (echo) and copy_slot (beam search forks), on the CUDA backend          */
+
+/* The rows of a forward with all_rows chunks (backend.h's layout: each chunk's last token, then the
+ * other tokens of the all_rows chunks) equal the CPU backend's, fp32 and fp16. */
+Test(cuda_backend, all_rows_layout_matches_cpu) {
+    REQUIRE_GPU();
+    gpt2_model *m = load_fixture("small");
+    const int V = m->cfg.vocab_size;
+    int a[5], b[7], c[3];
+    random_ids(a, 5, V, 41);
+    random_ids(b, 7, V, 42);
+    random_ids(c, 3, V, 43);
+    gpt2_chunk ch[3] = {{.slot = 0, .n = 5, .tokens = a, .all_rows = 1},
+                        {.slot = 1, .n = 7, .tokens = b},
+                        {.slot = 2, .n = 3, .tokens = c, .all_rows = 1}};
+    gpt2_backend_opts bo = {.max_slots = 8, .max_seq = 32, .max_tokens = 40};
+    gpt2_backend *cpu = NULL, *gpu = NULL;
+    gpt2_error err = {0};
+    cr_assert_eq(gpt2_backend_create("cpu", m, &bo, &cpu, &err), GPT2_OK, "%s", err.msg);
+    const int R = 3 + 4 + 2;
+    float *want = malloc(sizeof(float) * (size_t)R * V), *got = malloc(sizeof(float) * (size_t)R * V);
+    cr_assert_eq(cpu->forward(cpu, ch, 3, 0, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(cpu->read_logits(cpu, want, R, &err), GPT2_OK, "%s", err.msg);
+    for (int d = 0; d < 2; d++) {
+        bo.dtype = d ? GPT2_DTYPE_F16 : GPT2_DTYPE_F32;
+        cr_assert_eq(gpt2_backend_create("cuda", m, &bo, &gpu, &err), GPT2_OK, "%s", err.msg);
+        cr_assert_eq(gpu->forward(gpu, ch, 3, 0, &err), GPT2_OK, "%s", err.msg);
+        cr_assert_eq(gpu->read_logits(gpu, got, R, &err), GPT2_OK, "%s", err.msg);
+        assert_close(got, want, (size_t)R * V, d ? (tol_t){3e-2, 3e-2} : (tol_t){1e-4, 1e-4},
+                     d ? "all_rows fp16 vs cpu" : "all_rows fp32 vs cpu");
+        gpt2_backend_free(gpu);
+    }
+    free(want);
+    free(got);
+    gpt2_backend_free(cpu);
+    gpt2_model_free(m);
+}
+
+/* copy_slot: a prompt prefilled in slot 0, copied to slot 3, then both decode the same next tokens:
+ * equal rows, and equal to the CPU backend doing the same. A copy of fewer positions is a shorter
+ * prefix: slot 2 from 4 of slot 0's positions, continued at position 4, equals a fresh prefill. */
+Test(cuda_backend, copy_slot_forks_a_sequence) {
+    REQUIRE_GPU();
+    gpt2_model *m = load_fixture("small");
+    const int V = m->cfg.vocab_size;
+    int p[12], next[2];
+    random_ids(p, 12, V, 51);
+    random_ids(next, 2, V, 52);
+    for (int g = 0; g < 2; g++) {
+        gpt2_backend *be = gpu_backend_opts(m, 4, 32, 32, GPT2_DTYPE_F32, g);
+        gpt2_error err = {0};
+        gpt2_chunk pre = {.slot = 0, .n = 10, .tokens = p};
+        cr_assert_eq(be->forward(be, &pre, 1, 0, &err), GPT2_OK, "%s", err.msg);
+        cr_assert_eq(be->copy_slot(be, 0, 3, 10, &err), GPT2_OK, "%s", err.msg);
+        cr_assert_eq(be->copy_slot(be, 0, 2, 4, &err), GPT2_OK, "%s", err.msg);
+        gpt2_chunk dec[3] = {{.slot = 0, .pos = 10, .n = 1, .tokens = next},
+                             {.slot = 3, .pos = 10, .n = 1, .tokens = next + 1},
+                             {.slot = 2, .pos = 4, .n = 1, .tokens = next}};
+        cr_assert_eq(be->forward(be, dec, 3, 0, &err), GPT2_OK, "%s", err.msg);
+        float *rows = malloc(sizeof(float) * 3 * (size_t)V);
+        cr_assert_eq(be->read_logits(be, rows, 3, &err), GPT2_OK, "%s", err.msg);
+        int s0[11], s3[11], s2[5];
+        memcpy(s0, p, sizeof(int) * 10);
+        memcpy(s3, p, sizeof(int) * 10);
+        memcpy(s2, p, sizeof(int) * 4);
+        s0[10] = next[0];
+        s3[10] = next[1];
+        s2[4] = next[0];
+        float *r0 = full_logits(m, s0, 11), *r3 = full_logits(m, s3, 11), *r2 = full_logits(m, s2, 5);
+        assert_close(rows, r0 + 10 * (size_t)V, V, (tol_t){1e-4, 1e-4}, "slot 0 after the copies");
+        assert_close(rows + V, r3 + 10 * (size_t)V, V, (tol_t){1e-4, 1e-4}, "slot 3, copied from 0");
+        assert_close(rows + 2 * (size_t)V, r2 + 4 * (size_t)V, V, (tol_t){1e-4, 1e-4}, "slot 2, 4 positions of 0");
+        cr_assert_eq(be->copy_slot(be, 1, 1, 3, &err), GPT2_ERR_ARG);
+        cr_assert_eq(be->copy_slot(be, 0, 1, 33, &err), GPT2_ERR_ARG);
+        free(r0);
+        free(r3);
+        free(r2);
+        free(rows);
+        gpt2_backend_free(be);
+    }
+    gpt2_model_free(m);
+}
+
 #endif /* GPT2_HAVE_CUDA */

@@ -39,6 +39,14 @@ typedef struct {
     int prompt_tokens;
     int stop_after_tokens; /* > 0: return nonzero at that TOKEN event */
     char error[256];       /* FINISH's error text */
+    int n_top[256];        /* TOKEN: n_top, top_ids, top_logprobs */
+    int top_ids[256][20];
+    float top_lp[256][20];
+    int n_prompt_events, prompt_event_at; /* PROMPT events, and TOKEN events seen before the first */
+    int p_tokens[256], p_n, p_n_top;      /* the PROMPT event's payload */
+    float p_lp[256];
+    int p_top_ids[256][20];
+    float p_top_lp[256][20];
 } seen;
 
 static int on_event(const gpt2_event *ev) {
@@ -54,6 +62,12 @@ static int on_event(const gpt2_event *ev) {
         cr_assert_lt(s->n_token_events, 256);
         cr_assert_lt(s->n_token_bytes + ev->n_bytes, sizeof s->token_bytes);
         s->tokens[s->n_token_events] = ev->token;
+        s->n_top[s->n_token_events] = ev->n_top;
+        cr_assert(ev->n_top >= 0 && ev->n_top <= 20);
+        if (ev->n_top > 0) {
+            memcpy(s->top_ids[s->n_token_events], ev->top_ids, sizeof(int) * (size_t)ev->n_top);
+            memcpy(s->top_lp[s->n_token_events], ev->top_logprobs, sizeof(float) * (size_t)ev->n_top);
+        }
         s->logprobs[s->n_token_events++] = ev->logprob;
         memcpy(s->token_bytes + s->n_token_bytes, ev->bytes, ev->n_bytes);
         s->n_token_bytes += ev->n_bytes;
@@ -62,6 +76,18 @@ static int on_event(const gpt2_event *ev) {
         cr_assert_lt(s->n_text + ev->n_text, sizeof s->text);
         memcpy(s->text + s->n_text, ev->text, ev->n_text);
         s->n_text += ev->n_text;
+        return 0;
+    case GPT2_EVENT_PROMPT:
+        if (s->n_prompt_events++ == 0) s->prompt_event_at = s->n_token_events;
+        cr_assert(ev->n_tokens <= 256 && ev->n_top >= 0 && ev->n_top <= 20);
+        s->p_n = ev->n_tokens;
+        s->p_n_top = ev->n_top;
+        memcpy(s->p_tokens, ev->tokens, sizeof(int) * (size_t)ev->n_tokens);
+        memcpy(s->p_lp, ev->logprobs, sizeof(float) * (size_t)ev->n_tokens);
+        for (int i = 0; i < ev->n_tokens && ev->n_top > 0; i++) {
+            memcpy(s->p_top_ids[i], ev->top_ids + (size_t)i * ev->n_top, sizeof(int) * (size_t)ev->n_top);
+            memcpy(s->p_top_lp[i], ev->top_logprobs + (size_t)i * ev->n_top, sizeof(float) * (size_t)ev->n_top);
+        }
         return 0;
     case GPT2_EVENT_FINISH:
         s->finished = 1;
@@ -521,4 +547,245 @@ Test(engine, non_finite_logits_fail_that_request_alone) {
     cr_assert_eq(hello->reason, GPT2_FINISH_LENGTH);
     cr_assert_eq(hello->n_fin_tokens, 3);
     cr_assert_eq(hello->error[0], '\0');
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* top_logprobs and echo                                                                           */
+
+/* The reference for one row: log_softmax in long double and the ids sorted by (value desc, id asc),
+ * by qsort, written here apart from the library's selection. */
+static const float *g_sort_row;
+static int by_row_desc(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    if (g_sort_row[i] != g_sort_row[j]) return g_sort_row[i] > g_sort_row[j] ? -1 : 1;
+    return (i > j) - (i < j);
+}
+
+static void check_top(const float *row, int V, int k, const int *ids, const float *lps, const char *where) {
+    int *order = test_keep(malloc(sizeof(int) * (size_t)V), free);
+    for (int i = 0; i < V; i++) order[i] = i;
+    g_sort_row = row;
+    qsort(order, (size_t)V, sizeof(int), by_row_desc);
+    for (int i = 0; i < k; i++) {
+        cr_assert_eq(ids[i], order[i], "%s: alternative %d is %d, the sorted row says %d", where, i, ids[i], order[i]);
+        double want = ref_logprob(row, V, order[i]);
+        cr_assert(fabs(lps[i] - want) < 1e-4, "%s: alternative %d: %.6f, want %.6f", where, i, lps[i], want);
+    }
+}
+
+/* Each TOKEN event's k alternatives are the k largest of log_softmax(raw logits of a full forward),
+ * penalties and temperature on (they change the draw, not the reported distribution); the chosen
+ * token's logprob is reported whether or not it is among them, and equals its entry when it is. */
+Test(engine, top_logprobs_match_a_full_forward) {
+    gpt2_engine *e = engine_on(SMALL, 3, 0);
+    const gpt2_model *m = gpt2_engine_model(e);
+    const int V = m->cfg.vocab_size, K = 5, G = 16;
+    int prompt[] = {11, 200, 37, 999, 512, 3, 77};
+    gpt2_request r = {.prompt = prompt, .n_prompt = 7, .max_tokens = G, .sampling = gpt2_sampling_default(),
+                      .logprobs = 1, .top_logprobs = K, .ignore_eot = 1};
+    r.sampling.temperature = 2.5f;
+    r.sampling.repetition_penalty = 1.6f;
+    r.sampling.seed = 4;
+    seen *s = test_calloc(1, sizeof *s), *plain = test_calloc(1, sizeof *plain);
+    submit(e, r, s);
+    gpt2_request r2 = r;
+    r2.top_logprobs = 0;
+    submit(e, r2, plain); /* batched with it: the same tokens, no alternatives */
+    run_all(e);
+    cr_assert_eq(s->n_token_events, G);
+    cr_assert_eq(memcmp(s->tokens, plain->tokens, sizeof(int) * G), 0, "top_logprobs changed the draw");
+    int T = 7 + G - 1, *seq = test_calloc((size_t)T, sizeof(int));
+    memcpy(seq, prompt, sizeof prompt);
+    memcpy(seq + 7, s->tokens, sizeof(int) * (G - 1));
+    float *logits = test_keep(full_logits(m, seq, T), free);
+    int outside = 0;
+    for (int k = 0; k < G; k++) {
+        cr_assert_eq(s->n_top[k], K);
+        cr_assert_eq(plain->n_top[k], 0);
+        const float *row = logits + (size_t)(6 + k) * V;
+        char where[64];
+        snprintf(where, sizeof where, "token %d", k);
+        check_top(row, V, K, s->top_ids[k], s->top_lp[k], where);
+        cr_assert(fabs(s->logprobs[k] - ref_logprob(row, V, s->tokens[k])) < 1e-4);
+        int in = 0;
+        for (int i = 0; i < K; i++)
+            if (s->top_ids[k][i] == s->tokens[k]) {
+                in = 1;
+                cr_assert_eq(s->top_lp[k][i], s->logprobs[k], "token %d: its own logprob differs in the list", k);
+            }
+        outside += !in;
+    }
+    cr_assert_gt(outside, 0, "temperature 2.5 never drew outside the top %d: the test shows nothing", K);
+}
+
+/* echo: one PROMPT event before any TOKEN, with the prompt's ids, logprobs[0] = NAN and log p(prompt[i] |
+ * prompt[..i]) against a full forward, and the alternatives of each position. The engine holds no
+ * all-rows logits (slots 2, logits off), so the 40-token prompt is prefilled a few rows per step while
+ * another request decodes beside it; that request's tokens are those it makes alone. */
+Test(engine, echo_reports_the_prompt_logprobs) {
+    gpt2_engine *e = engine_on(SMALL, 2, 0);
+    const gpt2_model *m = gpt2_engine_model(e);
+    const int V = m->cfg.vocab_size, P = 40, K = 3;
+    int prompt[40];
+    random_ids(prompt, P, V, 321);
+    int other[] = {5, 6, 7};
+    gpt2_request ro = {.prompt = other, .n_prompt = 3, .max_tokens = 30, .sampling = gpt2_sampling_default(),
+                       .ignore_eot = 1};
+    seen *alone = test_calloc(1, sizeof *alone), *o = test_calloc(1, sizeof *o), *s = test_calloc(1, sizeof *s);
+    submit(e, ro, alone);
+    run_all(e);
+    submit(e, ro, o);
+    gpt2_error err = {0};
+    int busy;
+    cr_assert_eq(gpt2_engine_step(e, &busy, &err), GPT2_OK, "%s", err.msg); /* o is decoding now */
+    gpt2_request r = {.prompt = prompt, .n_prompt = P, .max_tokens = 4, .sampling = gpt2_sampling_default(),
+                      .logprobs = 1, .top_logprobs = K, .echo = 1, .ignore_eot = 1};
+    submit(e, r, s);
+    run_all(e);
+    cr_assert_eq(memcmp(o->tokens, alone->tokens, sizeof(int) * 30), 0, "the echoed prefill changed another request");
+    cr_assert_eq(s->n_prompt_events, 1);
+    cr_assert_eq(s->prompt_event_at, 0, "PROMPT came after %d TOKEN events", s->prompt_event_at);
+    cr_assert_eq(s->p_n, P);
+    cr_assert_eq(s->p_n_top, K);
+    cr_assert_eq(memcmp(s->p_tokens, prompt, sizeof prompt), 0);
+    cr_assert(isnan(s->p_lp[0]), "logprobs[0] = %g, want NAN (no context)", s->p_lp[0]);
+    float *logits = test_keep(full_logits(m, prompt, P), free);
+    for (int i = 1; i < P; i++) {
+        const float *row = logits + (size_t)(i - 1) * V;
+        double want = ref_logprob(row, V, prompt[i]);
+        cr_assert(fabs(s->p_lp[i] - want) < 1e-4, "prompt token %d: %.6f, want %.6f", i, s->p_lp[i], want);
+        char where[64];
+        snprintf(where, sizeof where, "prompt position %d", i);
+        check_top(row, V, K, s->p_top_ids[i], s->p_top_lp[i], where);
+    }
+    /* and the first generated token's logprob comes from the prompt's last row */
+    cr_assert(fabs(s->logprobs[0] - ref_logprob(logits + (size_t)(P - 1) * V, V, s->tokens[0])) < 1e-4);
+    cr_assert_eq(s->n_fin_tokens, 4);
+}
+
+/* echo with max_tokens 0 scores the prompt: PROMPT, then FINISH "length" with no tokens. Without echo
+ * the prompt gets no event at all. */
+Test(engine, echo_with_no_tokens_scores_the_prompt) {
+    gpt2_engine *e = engine_on(SMALL, 1, 0);
+    const gpt2_model *m = gpt2_engine_model(e);
+    const int V = m->cfg.vocab_size;
+    int prompt[] = {42, 17, 600, 3, 999};
+    gpt2_request r = {.prompt = prompt, .n_prompt = 5, .max_tokens = 0, .sampling = gpt2_sampling_default(),
+                      .echo = 1};
+    seen *s = test_calloc(1, sizeof *s), *q = test_calloc(1, sizeof *q);
+    submit(e, r, s);
+    r.echo = 0;
+    r.max_tokens = 2;
+    submit(e, r, q);
+    run_all(e);
+    cr_assert_eq(s->n_prompt_events, 1);
+    cr_assert(s->finished);
+    cr_assert_eq(s->reason, GPT2_FINISH_LENGTH);
+    cr_assert_eq(s->n_fin_tokens, 0);
+    cr_assert_eq(s->n_token_events, 0);
+    cr_assert_eq(s->p_n_top, 0);
+    float *logits = test_keep(full_logits(m, prompt, 5), free);
+    for (int i = 1; i < 5; i++)
+        cr_assert(fabs(s->p_lp[i] - ref_logprob(logits + (size_t)(i - 1) * V, V, prompt[i])) < 1e-4, "token %d", i);
+    cr_assert_eq(q->n_prompt_events, 0);
+    cr_assert_eq(q->n_fin_tokens, 2);
+}
+
+Test(engine, top_logprobs_errors_name_the_field) {
+    gpt2_engine *e = engine_on(TINY, 1, 0);
+    int ok[] = {1, 2, 3};
+    gpt2_request r = {.prompt = ok, .n_prompt = 3, .max_tokens = 2, .sampling = gpt2_sampling_default(),
+                      .logprobs = 1};
+    r.top_logprobs = 21;
+    expect_submit_error(e, r, GPT2_ERR_ARG, "top_logprobs");
+    r.top_logprobs = -1;
+    expect_submit_error(e, r, GPT2_ERR_ARG, "top_logprobs");
+    r.top_logprobs = 2;
+    r.logprobs = 0;
+    expect_submit_error(e, r, GPT2_ERR_ARG, "top_logprobs");
+    cr_assert_eq(gpt2_engine_pending(e), 0);
+}
+
+/* The backend's row layout with all_rows chunks (backend.h): row i is chunk i's last token, then the
+ * other tokens of the all_rows chunks in order; each row equals the full-sequence forward's. */
+static void rows_equal(const float *got, const float *want, int V, const char *what) {
+    for (int v = 0; v < V; v++)
+        cr_assert(fabs(got[v] - want[v]) < 1e-4, "%s: column %d: %.6f, full forward %.6f", what, v, got[v], want[v]);
+}
+
+Test(engine, cpu_forward_all_rows_layout) {
+    gpt2_model *m = test_keep(load_fixture("small"), gpt2_model_free);
+    const int V = m->cfg.vocab_size;
+    gpt2_backend_opts bo = {.max_slots = 4, .max_seq = 32, .max_tokens = 40};
+    gpt2_backend *be = NULL;
+    gpt2_error err = {0};
+    cr_assert_eq(gpt2_backend_create("cpu", m, &bo, &be, &err), GPT2_OK, "%s", err.msg);
+    test_keep(be, gpt2_backend_free);
+    int a[3], b[5], c[2];
+    random_ids(a, 3, V, 1);
+    random_ids(b, 5, V, 2);
+    random_ids(c, 2, V, 3);
+    float *fa = test_keep(full_logits(m, a, 3), free), *fb = test_keep(full_logits(m, b, 5), free);
+    float *fc = test_keep(full_logits(m, c, 2), free);
+    gpt2_chunk ch[3] = {{.slot = 0, .n = 3, .tokens = a},
+                        {.slot = 1, .n = 2, .tokens = b, .all_rows = 1},
+                        {.slot = 2, .n = 2, .tokens = c, .all_rows = 1}};
+    /* 3 + 1 + 1 = 5 rows > the 4 it holds: refused, naming the rows */
+    cr_assert_eq(be->forward(be, ch, 3, 0, &err), GPT2_ERR_LIMIT);
+    cr_assert(strstr(err.msg, "logits rows"), "%s", err.msg);
+    ch[2].all_rows = 0;
+    cr_assert_eq(be->forward(be, ch, 3, 0, &err), GPT2_OK, "%s", err.msg);
+    float *rows = test_calloc((size_t)4 * V, sizeof(float));
+    cr_assert_eq(be->read_logits(be, rows, 4, &err), GPT2_OK, "%s", err.msg);
+    rows_equal(rows, fa + 2 * V, V, "row 0 (a's last)");
+    rows_equal(rows + V, fb + V, V, "row 1 (b's last)");
+    rows_equal(rows + 2 * V, fc + V, V, "row 2 (c's last)");
+    rows_equal(rows + 3 * V, fb, V, "row 3 (b's first)");
+    /* b goes on from position 2 with all rows: its last (4), then 2 and 3 */
+    gpt2_chunk more = {.slot = 1, .pos = 2, .n = 3, .tokens = b + 2, .all_rows = 1};
+    cr_assert_eq(be->forward(be, &more, 1, 0, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(be->read_logits(be, rows, 3, &err), GPT2_OK, "%s", err.msg);
+    rows_equal(rows, fb + 4 * V, V, "b's position 4");
+    rows_equal(rows + V, fb + 2 * V, V, "b's position 2");
+    rows_equal(rows + 2 * V, fb + 3 * V, V, "b's position 3");
+}
+
+/* copy_slot on the CPU backend: slot 0's prompt copied whole to slot 3 and in part (4 positions) to
+ * slot 2; each then decodes as a fresh sequence with that prefix would (full forward). */
+Test(engine, cpu_copy_slot_forks_a_sequence) {
+    gpt2_model *m = test_keep(load_fixture("small"), gpt2_model_free);
+    const int V = m->cfg.vocab_size;
+    gpt2_backend_opts bo = {.max_slots = 4, .max_seq = 32, .max_tokens = 32};
+    gpt2_backend *be = NULL;
+    gpt2_error err = {0};
+    cr_assert_eq(gpt2_backend_create("cpu", m, &bo, &be, &err), GPT2_OK, "%s", err.msg);
+    test_keep(be, gpt2_backend_free);
+    int p[11], next[2];
+    random_ids(p, 10, V, 61);
+    random_ids(next, 2, V, 62);
+    gpt2_chunk pre = {.slot = 0, .n = 10, .tokens = p};
+    cr_assert_eq(be->forward(be, &pre, 1, 0, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(be->copy_slot(be, 0, 3, 10, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(be->copy_slot(be, 0, 2, 4, &err), GPT2_OK, "%s", err.msg);
+    gpt2_chunk dec[3] = {{.slot = 0, .pos = 10, .n = 1, .tokens = next},
+                         {.slot = 3, .pos = 10, .n = 1, .tokens = next + 1},
+                         {.slot = 2, .pos = 4, .n = 1, .tokens = next}};
+    cr_assert_eq(be->forward(be, dec, 3, 0, &err), GPT2_OK, "%s", err.msg);
+    float *rows = test_calloc((size_t)3 * V, sizeof(float));
+    cr_assert_eq(be->read_logits(be, rows, 3, &err), GPT2_OK, "%s", err.msg);
+    int s0[11], s3[11], s2[5];
+    memcpy(s0, p, sizeof(int) * 10);
+    memcpy(s3, p, sizeof(int) * 10);
+    memcpy(s2, p, sizeof(int) * 4);
+    s0[10] = next[0];
+    s3[10] = next[1];
+    s2[4] = next[0];
+    float *f0 = test_keep(full_logits(m, s0, 11), free), *f3 = test_keep(full_logits(m, s3, 11), free);
+    float *f2 = test_keep(full_logits(m, s2, 5), free);
+    rows_equal(rows, f0 + 10 * V, V, "slot 0");
+    rows_equal(rows + V, f3 + 10 * V, V, "slot 3 (copied from 0)");
+    rows_equal(rows + 2 * V, f2 + 4 * V, V, "slot 2 (4 positions of 0)");
+    cr_assert_eq(be->copy_slot(be, 1, 1, 3, &err), GPT2_ERR_ARG);
+    cr_assert(strstr(err.msg, "copy_slot"), "%s", err.msg);
+    cr_assert_eq(be->copy_slot(be, 0, 1, 33, &err), GPT2_ERR_ARG);
 }

@@ -270,3 +270,32 @@ Test(sampler, non_finite_logits_are_reported_not_sampled) {
                              mode, t);
             }
 }
+
+/* The k most likely of a row: by rank (ties to the lower id) and with log_softmax values, against an
+ * independent rank count and a long-double log-softmax, on a row with many ties and on random rows. */
+Test(sampler, top_logprobs_row_orders_by_rank_with_ties_to_the_lower_id) {
+    float tied[7] = {2, 5, 5, 1, 5, 0, 2};
+    int ids[20];
+    float lp[20];
+    gpt2_top_logprobs_row(tied, 7, 5, ids, lp);
+    const int want[5] = {1, 2, 4, 0, 6};
+    for (int i = 0; i < 5; i++) cr_assert_eq(ids[i], want[i], "tied row: position %d is %d, want %d", i, ids[i], want[i]);
+    float l[V];
+    for (int seed = 1; seed <= 10; seed++) {
+        random_logits(l, V, (uint64_t)seed * 7);
+        l[seed * 3] = l[seed * 5]; /* a tie among them, maybe near the top */
+        int k = seed * 2;
+        gpt2_top_logprobs_row(l, V, k, ids, lp);
+        long double mx = l[0], sum = 0;
+        for (int i = 1; i < V; i++)
+            if (l[i] > mx) mx = l[i];
+        for (int i = 0; i < V; i++) sum += expl((long double)l[i] - mx);
+        for (int i = 0; i < k; i++) {
+            cr_assert_eq(rank_of(l, V, ids[i]), i, "seed %d: position %d holds id %d of rank %d", seed, i, ids[i],
+                         rank_of(l, V, ids[i]));
+            double ref = (double)((long double)l[ids[i]] - mx - logl(sum));
+            cr_assert(fabs(lp[i] - ref) < 1e-5, "seed %d position %d: %.7f, want %.7f", seed, i, lp[i], ref);
+            cr_assert_eq(lp[i], gpt2_logprob_row(l, V, ids[i]), "differs from gpt2_logprob_row");
+        }
+    }
+}
