@@ -146,6 +146,14 @@ typedef struct {
     int *tokens;         /* (cap_tok) generated ids (TOKEN events, then FINISH's) */
     float *lps;          /* (cap_tok) their logprobs */
     int n_tok, cap_tok, n_tok_sent; /* n_tok_sent: tokens whose logprobs a stream chunk carried */
+    int *top_ids;        /* (cap_tok, n_top) the most likely tokens at each step ("logprobs": n_top > 0) */
+    float *top_lps;      /* (cap_tok, n_top) */
+    int n_top_have;      /* tokens whose alternatives came (TOKEN events) */
+    int *p_ids;          /* echo with logprobs: (n_p) the prompt's ids (the PROMPT event) */
+    float *p_lps;        /* (n_p) log p(prompt[i] | prompt[..i]); [0] NAN */
+    int *p_top_ids;      /* (n_p, n_top) */
+    float *p_top_lps;    /* (n_p, n_top) */
+    int n_p;
     double t_last;       /* time of the last token */
 } seq;
 
@@ -232,6 +240,12 @@ static void hr_unref_locked(http_req *hr) {
         free(hr->seqs[i].tokens);
         free(hr->seqs[i].lps);
         free(hr->seqs[i].error);
+        free(hr->seqs[i].top_ids);
+        free(hr->seqs[i].top_lps);
+        free(hr->seqs[i].p_ids);
+        free(hr->seqs[i].p_lps);
+        free(hr->seqs[i].p_top_ids);
+        free(hr->seqs[i].p_top_lps);
     }
     free(hr->seqs);
     free(hr->body);
@@ -331,32 +345,65 @@ static json_t *json_bytes(const char *s, size_t n) {
     return j;
 }
 
-/* OpenAI's "logprobs" object for tokens [from, to) of s; offsets count code points from base_chars
- * (the echoed prompt's length) plus the output text before each token. */
-static json_t *logprobs_json(server *srv, const seq *s, int from, int to, size_t base_chars) {
-    json_t *toks = json_array(), *lps = json_array(), *offs = json_array();
+/* {token string: logprob} of one position's alternatives. */
+static json_t *top_json(gpt2_tokenizer *tok, const int *ids, const float *lps, int k) {
+    json_t *o = json_object();
+    for (int i = 0; o && i < k; i++) {
+        const char *b = "";
+        size_t n = 0;
+        gpt2_token_bytes(tok, ids[i], &b, &n, NULL);
+        char *ts = serve_token_string(b, n);
+        if (ts) json_object_set_new(o, ts, isfinite(lps[i]) ? json_real(lps[i]) : json_real(-9999.0));
+        free(ts);
+    }
+    return o;
+}
+
+/* One position into OpenAI's four "logprobs" lists; *off advances by the token's code points. */
+static void logprob_append(json_t *lists[4], gpt2_tokenizer *tok, int id, float lp, json_t *top, size_t *off) {
+    const char *b = "";
+    size_t n = 0;
+    gpt2_token_bytes(tok, id, &b, &n, NULL);
+    char *ts = serve_token_string(b, n);
+    json_array_append_new(lists[0], ts ? json_string(ts) : json_null());
+    free(ts);
+    json_array_append_new(lists[1], isfinite(lp) ? json_real(lp) : json_null());
+    if (lists[2]) json_array_append_new(lists[2], top ? top : json_null());
+    else json_decref(top);
+    json_array_append_new(lists[3], json_integer((json_int_t)*off));
+    *off += serve_utf8_chars(b, n);
+}
+
+/* OpenAI's "logprobs" object for tokens [from, to) of s, after the echoed prompt's tokens when
+ * with_prompt; offsets count code points from the start of the choice's text (echo included). */
+static json_t *logprobs_json(server *srv, const http_req *hr, const seq *s, int from, int to, int with_prompt,
+                             size_t base_chars) {
     gpt2_tokenizer *tok = gpt2_engine_tokenizer(srv->engine);
-    size_t off = base_chars;
-    /* code points of the output before token `from` */
-    for (int i = 0; i < from; i++) {
+    int k = hr->req.logprobs > 0 ? hr->req.logprobs : 0;
+    json_t *lists[4] = {json_array(), json_array(), k ? json_array() : NULL, json_array()};
+    size_t off = 0;
+    if (with_prompt)
+        for (int i = 0; i < s->n_p; i++) /* the first prompt token has no context: null, as OpenAI */
+            logprob_append(lists, tok, s->p_ids[i], i ? s->p_lps[i] : NAN,
+                           k && i ? top_json(tok, s->p_top_ids + (size_t)i * (size_t)k,
+                                             s->p_top_lps + (size_t)i * (size_t)k, k)
+                                  : NULL,
+                           &off);
+    off = base_chars;
+    for (int i = 0; i < from; i++) { /* code points of the output before token `from` */
         const char *b;
         size_t n;
         if (gpt2_token_bytes(tok, s->tokens[i], &b, &n, NULL) == GPT2_OK) off += serve_utf8_chars(b, n);
     }
-    for (int i = from; i < to && toks && lps && offs; i++) {
-        const char *b = "";
-        size_t n = 0;
-        gpt2_token_bytes(tok, s->tokens[i], &b, &n, NULL);
-        char *ts = serve_token_string(b, n);
-        json_array_append_new(toks, ts ? json_string(ts) : json_null());
-        free(ts);
-        json_array_append_new(lps, isfinite(s->lps[i]) ? json_real(s->lps[i]) : json_null());
-        json_array_append_new(offs, json_integer((json_int_t)off));
-        off += serve_utf8_chars(b, n);
-    }
-    json_t *o = json_pack("{s:o, s:o, s:n, s:o}", "tokens", toks, "token_logprobs", lps, "top_logprobs",
-                          "text_offset", offs);
-    return o;
+    for (int i = from; i < to; i++)
+        logprob_append(lists, tok, s->tokens[i], s->lps[i],
+                       k ? (i < s->n_top_have ? top_json(tok, s->top_ids + (size_t)i * (size_t)k,
+                                                         s->top_lps + (size_t)i * (size_t)k, k)
+                                              : json_object())
+                         : NULL,
+                       &off);
+    return json_pack("{s:o, s:o, s:o, s:o}", "tokens", lists[0], "token_logprobs", lists[1], "top_logprobs",
+                     lists[2] ? lists[2] : json_null(), "text_offset", lists[3]);
 }
 
 /* The prompt text to echo for choice s: the prompt as given, or its ids decoded. malloc'ed. */
@@ -403,7 +450,7 @@ static json_t *completion_json(server *srv, http_req *hr) {
         size_t base = echo ? serve_utf8_chars(echo, n_echo) : 0;
         free(all);
         free(echo);
-        json_t *lp = hr->req.logprobs >= 0 ? logprobs_json(srv, s, 0, s->n_tok, base) : json_null();
+        json_t *lp = hr->req.logprobs >= 0 ? logprobs_json(srv, hr, s, 0, s->n_tok, hr->req.echo, base) : json_null();
         json_array_append_new(choices, json_pack("{s:i, s:o, s:o, s:s}", "index", s->index, "text", text, "logprobs",
                                                  lp, "finish_reason", gpt2_finish_name(s->finish)));
     }
@@ -444,7 +491,7 @@ static void sse_error(http_req *hr, int code, const char *type, const char *msg)
 static int sse_text(server *srv, http_req *hr, seq *s, const char *text, size_t n, const char *finish) {
     json_t *lp = json_null();
     if (hr->req.logprobs >= 0 && s->n_tok > s->n_tok_sent) {
-        lp = logprobs_json(srv, s, s->n_tok_sent, s->n_tok, 0);
+        lp = logprobs_json(srv, hr, s, s->n_tok_sent, s->n_tok, 0, 0);
         s->n_tok_sent = s->n_tok;
     }
     json_t *choice = json_pack("{s:i, s:o, s:o, s:s?}", "index", s->index, "text", json_bytes(text, n), "logprobs",
@@ -452,18 +499,54 @@ static int sse_text(server *srv, http_req *hr, seq *s, const char *text, size_t 
     return sse_event(hr, chunk_json(srv, hr, choice));
 }
 
-static int add_token(seq *s, int token, float lp) {
+/* Appends a generated token (and its n_top alternatives, when top_ids is not NULL). 0 ok, -1 out of memory. */
+static int add_token(seq *s, int token, float lp, int n_top, const int *top_ids, const float *top_lps) {
     if (s->n_tok == s->cap_tok) {
         int c = s->cap_tok ? s->cap_tok * 2 : 64;
+        size_t n_alt;
+        if (c > SERVE_MAX_TOKENS * 2 || gpt2_mul_size((size_t)c, (size_t)(n_top > 0 ? n_top : 1), &n_alt)) return -1;
         int *t = realloc(s->tokens, sizeof(int) * (size_t)c);
         if (t) s->tokens = t;
         float *l = t ? realloc(s->lps, sizeof(float) * (size_t)c) : NULL;
+        if (l) s->lps = l;
         if (!l) return -1;
-        s->lps = l;
+        if (n_top > 0) {
+            int *ti = realloc(s->top_ids, sizeof(int) * n_alt);
+            if (ti) s->top_ids = ti;
+            float *tl = ti ? realloc(s->top_lps, sizeof(float) * n_alt) : NULL;
+            if (tl) s->top_lps = tl;
+            if (!tl) return -1;
+        }
         s->cap_tok = c;
+    }
+    if (n_top > 0 && top_ids && s->n_top_have == s->n_tok) {
+        memcpy(s->top_ids + (size_t)s->n_tok * (size_t)n_top, top_ids, sizeof(int) * (size_t)n_top);
+        memcpy(s->top_lps + (size_t)s->n_tok * (size_t)n_top, top_lps, sizeof(float) * (size_t)n_top);
+        s->n_top_have++;
     }
     s->tokens[s->n_tok] = token;
     s->lps[s->n_tok++] = lp;
+    return 0;
+}
+
+/* Keeps the PROMPT event's ids, logprobs and alternatives (echo with logprobs). 0 ok, -1 out of memory. */
+static int keep_prompt(seq *s, const gpt2_event *ev, int k) {
+    size_t n = (size_t)ev->n_tokens, nk;
+    if (n == 0 || gpt2_mul_size(n, (size_t)k, &nk)) return -1;
+    s->p_ids = malloc(sizeof(int) * n);
+    s->p_lps = malloc(sizeof(float) * n);
+    s->p_top_ids = malloc(sizeof(int) * (nk ? nk : 1));
+    s->p_top_lps = malloc(sizeof(float) * (nk ? nk : 1));
+    if (!s->p_ids || !s->p_lps || !s->p_top_ids || !s->p_top_lps) return -1;
+    memcpy(s->p_ids, ev->tokens, sizeof(int) * n);
+    memcpy(s->p_lps, ev->logprobs, sizeof(float) * n);
+    if (nk && ev->n_top == k && ev->top_ids && ev->top_logprobs) {
+        memcpy(s->p_top_ids, ev->top_ids, sizeof(int) * nk);
+        memcpy(s->p_top_lps, ev->top_logprobs, sizeof(float) * nk);
+    } else if (nk) {
+        return -1;
+    }
+    s->n_p = (int)n;
     return 0;
 }
 
@@ -514,7 +597,19 @@ static int on_event(const gpt2_event *ev) {
         }
         s->t_last = t;
         srv->tokens_out++;
-        oom = add_token(s, ev->token, ev->logprob);
+        int k = hr->req.logprobs > 0 ? hr->req.logprobs : 0;
+        oom = add_token(s, ev->token, ev->logprob, k, ev->n_top == k ? ev->top_ids : NULL, ev->top_logprobs);
+    } else if (ev->kind == GPT2_EVENT_PROMPT) {
+        oom = keep_prompt(s, ev, hr->req.logprobs > 0 ? hr->req.logprobs : 0);
+        if (!oom && hr->req.stream && !hr->gone && !hr->sse_done) { /* the echo chunk, with its logprobs */
+            size_t n;
+            char *et = echo_text(srv, &hr->req.prompts[s->prompt_index], &n);
+            json_t *lp = logprobs_json(srv, hr, s, 0, 0, 1, 0);
+            oom = !et || sse_event(hr, chunk_json(srv, hr, json_pack("{s:i, s:o, s:o, s:n}", "index", s->index, "text",
+                                                                    json_bytes(et, n), "logprobs", lp,
+                                                                    "finish_reason")));
+            free(et);
+        }
     } else if (ev->kind == GPT2_EVENT_TEXT) {
         oom = grow(&s->text, &s->cap_text, s->n_text, ev->n_text);
         if (!oom) {
@@ -537,11 +632,12 @@ static int on_event(const gpt2_event *ev) {
                 oom = sse_text(srv, hr, s, s->text + old, s->n_text - old, NULL);
         }
         if (ev->n_tokens <= s->n_tok) s->n_tok = ev->n_tokens;
+        if (s->n_top_have > s->n_tok) s->n_top_have = s->n_tok;
         for (int i = 0; i < ev->n_tokens; i++) {
             if (i < s->n_tok) {
                 s->tokens[i] = ev->tokens[i];
                 if (ev->logprobs) s->lps[i] = ev->logprobs[i];
-            } else if (add_token(s, ev->tokens[i], ev->logprobs ? ev->logprobs[i] : NAN)) {
+            } else if (add_token(s, ev->tokens[i], ev->logprobs ? ev->logprobs[i] : NAN, 0, NULL, NULL)) {
                 oom = 1;
                 break;
             }
@@ -741,9 +837,6 @@ static enum MHD_Result post_completions(server *srv, http_req *hr, struct MHD_Co
     if (strcmp(q->model, srv->model_name))
         return fail(srv, hr, c, 404, "invalid_request_error", "model", "model_not_found",
                     "The model '%.256s' does not exist; this server has '%s'", q->model, srv->model_name);
-    if (q->echo && q->logprobs >= 0)
-        return fail(srv, hr, c, 400, "invalid_request_error", "echo", NULL,
-                    "'echo' with 'logprobs' (the prompt's logprobs) is not supported by this engine");
     int n_seqs = q->n_prompts * q->n;
     if (!(hr->seqs = calloc((size_t)n_seqs, sizeof *hr->seqs)))
         return fail(srv, hr, c, 500, "server_error", NULL, NULL, "out of memory");
@@ -770,7 +863,7 @@ static enum MHD_Result post_completions(server *srv, http_req *hr, struct MHD_Co
         s->prompt_index = i / q->n;
         s->finished = 1; /* until submitted */
     }
-    if (q->stream) { /* the echoed prompts come first */
+    if (q->stream && q->logprobs < 0) { /* the echoed prompts come first (with logprobs: at PROMPT events) */
         pthread_mutex_lock(&srv->lock);
         for (int i = 0; i < n_seqs && q->echo; i++) {
             size_t n;
@@ -789,6 +882,7 @@ static enum MHD_Result post_completions(server *srv, http_req *hr, struct MHD_Co
         const serve_prompt *p = &q->prompts[s->prompt_index];
         gpt2_request r = {.max_tokens = q->max_tokens, .sampling = q->sampling,
                           .stop = (const char *const *)q->stop, .n_stop = q->n_stop, .logprobs = q->logprobs >= 0,
+                          .top_logprobs = q->logprobs > 0 ? q->logprobs : 0, .echo = q->echo && q->logprobs >= 0,
                           .on_event = on_event, .user = s};
         r.sampling.seed = base_seed + (uint64_t)(i % q->n); /* choice j of every prompt: seed + j */
         if (p->is_empty) {
@@ -1056,7 +1150,7 @@ int cmd_serve(int argc, char **argv) {
                   .step_delay_ms = a.step_delay_ms, .created = (long long)time(NULL)};
     srv.ttft.le = TTFT_LE;
     srv.tpot.le = TPOT_LE;
-    srv.max_logprobs = 0; /* the engine reports the chosen token's logprob only */
+    srv.max_logprobs = SERVE_MAX_LOGPROBS; /* what gpt2_request.top_logprobs allows */
     char name_buf[300];
     srv.model_name = a.name ? a.name : dir_name(c.model_dir, name_buf, sizeof name_buf);
     pthread_mutex_init(&srv.lock, NULL);

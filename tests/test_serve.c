@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "npy.h"
 #include "serve_req.h"
 
 #define MODEL FIXTURES "/tiny"
@@ -44,7 +46,12 @@ static void kill_server(void) {
     }
 }
 
-TestSuite(serve, .fini = kill_server, .timeout = 300);
+static void serve_fini(void) {
+    kill_server();
+    test_cleanup();
+}
+
+TestSuite(serve, .fini = serve_fini, .timeout = 300);
 
 static void need_openai(void) {
     if (system("python3 -c 'import openai' >/dev/null 2>&1") != 0)
@@ -190,6 +197,64 @@ Test(serve, same_as_generate) {
     cr_assert_eq(line, 5);
     json_decref(served);
     free(gen);
+}
+
+/* logprobs = 3 with echo: the prompt's logprobs and top alternatives equal log_softmax of the logits
+ * that `gpt2 logits` computes (one full forward, no scheduler, no sampler). */
+Test(serve, top_logprobs_match_logits) {
+    need_openai();
+    start_server("");
+    static const int ids[] = {464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13, 198, 40, 1101};
+    const int T = (int)(sizeof ids / sizeof ids[0]);
+    char list[256] = "", cmd[1024], npy[128];
+    for (int i = 0, k = 0; i < T; i++) k += snprintf(list + k, sizeof list - (size_t)k, i ? ",%d" : "%d", ids[i]);
+    json_t *r = run_case_json("top_logprobs", list);
+    snprintf(npy, sizeof npy, "%s/l.npy", g_dir);
+    int k = snprintf(cmd, sizeof cmd, "%s logits --device cpu --model " MODEL " --out %s --ids '", cli_bin(), npy);
+    for (int i = 0; i < T; i++) k += snprintf(cmd + k, sizeof cmd - (size_t)k, i ? " %d" : "%d", ids[i]);
+    snprintf(cmd + k, sizeof cmd - (size_t)k, "' >/dev/null");
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    float *l;
+    size_t rows, V;
+    gpt2_error err = {0};
+    cr_assert_eq(gpt2_npy_read(npy, &l, &rows, &V, &err), GPT2_OK, "%s", err.msg);
+    test_keep(l, free);
+    cr_assert_eq(rows, (size_t)T);
+    gpt2_tokenizer *tok;
+    cr_assert_eq(gpt2_tokenizer_load(MODEL, &tok, &err), GPT2_OK, "%s", err.msg);
+    test_keep(tok, gpt2_tokenizer_free);
+    json_t *lps = json_object_get(r, "token_logprobs"), *tops = json_object_get(r, "top_logprobs");
+    cr_assert(json_is_null(json_array_get(lps, 0)));
+    for (int t = 1; t < T; t++) {
+        const float *row = l + (size_t)(t - 1) * V; /* logits predicting position t */
+        double mx = row[0], sum = 0;
+        for (size_t v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+        for (size_t v = 0; v < V; v++) sum += exp((double)row[v] - mx);
+        double lse = mx + log(sum);
+        double want = row[ids[t]] - lse, got = json_number_value(json_array_get(lps, (size_t)t));
+        cr_assert(fabs(got - want) < 1e-4, "position %d: logprob %g, logits give %g", t, got, want);
+        /* the top 3 ids by logit (ties to the lower id), as token strings, with their logprobs */
+        int best[3] = {-1, -1, -1};
+        for (int j = 0; j < 3; j++)
+            for (size_t v = 0; v < V; v++) {
+                int taken = 0;
+                for (int q = 0; q < j; q++) taken |= best[q] == (int)v;
+                if (!taken && (best[j] < 0 || row[v] > row[best[j]])) best[j] = (int)v;
+            }
+        json_t *top = json_array_get(tops, (size_t)t);
+        cr_assert_eq(json_object_size(top), 3, "position %d", t);
+        for (int j = 0; j < 3; j++) {
+            const char *b;
+            size_t n;
+            cr_assert_eq(gpt2_token_bytes(tok, best[j], &b, &n, &err), GPT2_OK);
+            char *ts = serve_token_string(b, n);
+            json_t *v = json_object_get(top, ts);
+            cr_assert(v, "position %d: token %d (%s) is not among the alternatives", t, best[j], ts);
+            cr_assert(fabs(json_number_value(v) - (row[best[j]] - lse)) < 1e-4, "position %d token %s", t, ts);
+            free(ts);
+        }
+    }
+    json_decref(r);
 }
 
 /* 64 streaming clients at once: each its own full answer, and more than one slot active at once. */

@@ -220,6 +220,40 @@ def case_logprobs(base):
     print(json.dumps({"tokens": lp.tokens, "token_logprobs": lp.token_logprobs, "text": r.choices[0].text}))
 
 
+def case_top_logprobs(base, ids):
+    """logprobs = 3 with echo on a token-id prompt: the prompt's logprobs and alternatives (the C test
+    compares them with `gpt2 logits`), then greedy tokens, each the top alternative of its step."""
+    c = client(base)
+    ids = [int(x) for x in ids.split(",")]
+    r = complete(c, prompt=ids, max_tokens=0, echo=True, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+    assert all(len(d) == 3 for d in lp.top_logprobs[1:]), lp.top_logprobs
+    assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(ids)
+    g = complete(c, prompt=ids, max_tokens=6, echo=True, logprobs=3, temperature=0)
+    glp = g.choices[0].logprobs
+    assert glp.tokens[:len(ids)] == lp.tokens and glp.token_logprobs[:len(ids)] == lp.token_logprobs
+    for tok, val, top in zip(glp.tokens[len(ids):], glp.token_logprobs[len(ids):], glp.top_logprobs[len(ids):]):
+        best = max(top, key=top.get)
+        assert best == tok and abs(top[best] - val) < 1e-6, (tok, val, top)
+    assert g.choices[0].text.startswith(r.choices[0].text), (g.choices[0].text, r.choices[0].text)
+    assert glp.text_offset == sorted(glp.text_offset), glp.text_offset
+    # streamed: the same lists, the echo chunk first
+    toks, vals, tops = [], [], []
+    first = None
+    for ch in complete(c, prompt=ids, max_tokens=6, echo=True, logprobs=3, temperature=0, stream=True):
+        for choice in ch.choices:
+            if first is None:
+                first = choice.text
+            if choice.logprobs:
+                toks += choice.logprobs.tokens
+                vals += choice.logprobs.token_logprobs
+                tops += choice.logprobs.top_logprobs
+    assert first == r.choices[0].text, (first, r.choices[0].text)
+    assert toks == glp.tokens and vals == glp.token_logprobs and tops == glp.top_logprobs, (toks, glp.tokens)
+    print(json.dumps({"tokens": lp.tokens, "token_logprobs": lp.token_logprobs, "top_logprobs": lp.top_logprobs}))
+
+
 def case_stop(base):
     c = client(base)
     full = complete(c, prompt="Stop here:", max_tokens=30, seed=8).choices[0].text
