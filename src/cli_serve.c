@@ -187,6 +187,7 @@ typedef struct server {
     const char *model_name;
     const char *api_key;
     size_t max_body;
+    unsigned timeout_s;   /* --timeout: a connection idle (or not reading) this long is closed */
     int max_queue, max_slots, max_logprobs, eot;
     long step_delay_ms;
     pthread_mutex_t lock;
@@ -269,6 +270,13 @@ static int peer_gone(int fd) {
     char c;
     ssize_t r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* While a connection waits for the engine (in a queue, or for its next token), it is not idle: MHD's
+ * timeout is off then (0), and back on (which restarts its timer) once there is something to send,
+ * so that it only ever measures the client. Called on the connection's own thread. */
+static void conn_waiting(http_req *hr, int waiting) {
+    MHD_set_connection_option(hr->conn, MHD_CONNECTION_OPTION_TIMEOUT, waiting ? 0u : hr->srv->timeout_s);
 }
 
 static void wait_50ms(pthread_cond_t *cond, pthread_mutex_t *lock) {
@@ -799,6 +807,7 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     http_req *hr = cls;
     server *srv = hr->srv;
+    int waiting = 0;
     pthread_mutex_lock(&srv->lock);
     for (;;) {
         if (hr->sent < hr->n_sse) {
@@ -807,9 +816,17 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             hr->sent += k;
             if (hr->sent == hr->n_sse) hr->sent = hr->n_sse = 0;
             pthread_mutex_unlock(&srv->lock);
+            if (waiting) conn_waiting(hr, 0);
             return (ssize_t)k;
         }
         if (hr->sse_done || hr->gone || srv->quit) break;
+        if (!waiting) {
+            pthread_mutex_unlock(&srv->lock);
+            conn_waiting(hr, 1);
+            waiting = 1;
+            pthread_mutex_lock(&srv->lock);
+            continue;
+        }
         wait_50ms(&hr->cond, &srv->lock);
         if (hr->sent == hr->n_sse && !hr->sse_done && peer_gone(hr->fd)) {
             hr->gone = 1;
@@ -818,6 +835,7 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     }
     int ok = hr->sse_done && !hr->gone;
     pthread_mutex_unlock(&srv->lock);
+    if (waiting) conn_waiting(hr, 0);
     return ok ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
@@ -960,6 +978,7 @@ static enum MHD_Result post_completions(server *srv, http_req *hr, struct MHD_Co
     }
 
     /* Not streaming: wait for every choice, watching the client. */
+    conn_waiting(hr, 1);
     pthread_mutex_lock(&srv->lock);
     while (hr->n_unfinished > 0 && !hr->gone && !srv->quit) {
         wait_50ms(&hr->cond, &srv->lock);
@@ -972,6 +991,7 @@ static enum MHD_Result post_completions(server *srv, http_req *hr, struct MHD_Co
         pthread_mutex_unlock(&srv->lock);
         return MHD_NO; /* the client is gone (or the server is stopping): close the connection */
     }
+    conn_waiting(hr, 0);
     const char *why = NULL;
     int code = 200;
     for (int i = 0; i < hr->n_seqs && !why; i++) {
@@ -1147,6 +1167,7 @@ int cmd_serve(int argc, char **argv) {
     }
 
     server srv = {.api_key = a.api_key, .max_body = (size_t)a.max_body, .max_queue = (int)a.max_queue,
+                  .timeout_s = (unsigned)a.timeout_s,
                   .step_delay_ms = a.step_delay_ms, .created = (long long)time(NULL)};
     srv.ttft.le = TTFT_LE;
     srv.tpot.le = TPOT_LE;

@@ -150,6 +150,7 @@ CASE(bad_input, "")
 CASE(slow, "")
 CASE(disconnect, "--step-delay-ms 20")
 CASE(queue, "--max-slots 1 --max-queue 1 --step-delay-ms 20")
+CASE(timeouts, "--timeout 1 --max-slots 1 --step-delay-ms 100")
 
 /* The same requests through `gpt2 generate` and the server: the same text, token count and reason. */
 Test(serve, same_as_generate) {

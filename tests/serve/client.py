@@ -527,6 +527,40 @@ def case_slow(base):
     print(json.dumps({"events": len(events), "others_s": others}))
 
 
+def case_timeouts(base):
+    """--timeout 1 --max-slots 1 with slow steps: a stream that waits longer than that for its slot
+    (and so for its first token) is not idle and gets its whole answer, as does the request ahead of
+    it; a client that stalls mid-header is closed."""
+    host, port = hostport(base)
+    c = client(base)
+    stall = socket.create_connection((host, port), timeout=TIMEOUT)
+    stall.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+    out = {}
+
+    def plain():
+        out["plain"] = complete(c, prompt="Waiting", max_tokens=25, seed=1)
+
+    t = threading.Thread(target=plain)
+    t0 = time.time()
+    t.start()
+    time.sleep(0.3)
+    texts, finish, _ = stream_text(c, prompt="Waiting", max_tokens=5, seed=1)
+    t.join(TIMEOUT)
+    took = time.time() - t0
+    assert took > 2, took  # the requests did outlast --timeout
+    assert out["plain"].usage.completion_tokens == 25, out
+    assert out["plain"].choices[0].text.startswith(texts[0]) and finish == {0: "length"}, (texts, out)
+    stall.settimeout(10)
+    try:
+        closed = stall.recv(4096) == b""
+    except ConnectionResetError:
+        closed = True
+    except socket.timeout:
+        closed = False
+    assert closed, "a stalled client was not closed"
+    print(json.dumps({"took_s": took}))
+
+
 def case_queue(base):
     """--max-slots 1 --max-queue 1: one runs, one waits, the next gets 429 at once."""
     host, port = hostport(base)
