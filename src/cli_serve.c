@@ -685,6 +685,15 @@ static void *step_thread(void *arg) {
                 pthread_mutex_lock(&srv->lock);
                 srv->broken = 1;
                 snprintf(srv->broken_msg, sizeof srv->broken_msg, "%.200s", err.msg);
+                for (http_req *hr = srv->reqs; hr; hr = hr->next) { /* their answers: errors, now */
+                    if (hr->req.stream && hr->n_unfinished > 0 && !hr->gone && !hr->sse_done) {
+                        sse_error(hr, 500, "server_error", srv->broken_msg);
+                        hr->sse_done = 1;
+                        if (!grow(&hr->sse, &hr->cap_sse, hr->n_sse, 16))
+                            hr->n_sse += (size_t)sprintf(hr->sse + hr->n_sse, "data: [DONE]\n\n");
+                    }
+                    pthread_cond_broadcast(&hr->cond);
+                }
                 pthread_mutex_unlock(&srv->lock);
                 break;
             }
@@ -980,12 +989,17 @@ static enum MHD_Result post_completions(server *srv, http_req *hr, struct MHD_Co
     /* Not streaming: wait for every choice, watching the client. */
     conn_waiting(hr, 1);
     pthread_mutex_lock(&srv->lock);
-    while (hr->n_unfinished > 0 && !hr->gone && !srv->quit) {
+    while (hr->n_unfinished > 0 && !hr->gone && !srv->quit && !srv->broken) {
         wait_50ms(&hr->cond, &srv->lock);
         if (hr->n_unfinished > 0 && peer_gone(hr->fd)) {
             hr->gone = 1;
             hr_cancel_locked(hr);
         }
+    }
+    if (srv->broken && hr->n_unfinished > 0 && !hr->gone) {
+        pthread_mutex_unlock(&srv->lock);
+        conn_waiting(hr, 0);
+        return fail(srv, hr, c, 500, "server_error", NULL, NULL, "the engine failed: %s", srv->broken_msg);
     }
     if (hr->gone || hr->n_unfinished > 0) {
         pthread_mutex_unlock(&srv->lock);
@@ -1177,6 +1191,16 @@ int cmd_serve(int argc, char **argv) {
     pthread_mutex_init(&srv.lock, NULL);
     pthread_cond_init(&srv.work, NULL);
 
+    /* SIGINT/SIGTERM go to sigwait below: blocked before any thread starts (OpenMP's in the engine,
+     * the step thread, the connections'), which all inherit the mask; one that comes while the model
+     * loads waits, and the server then drains at once. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
     gpt2_error err = {0};
     gpt2_engine_opts eo = cli_engine_opts(&c);
     eo.max_slots = (int)a.slots;
@@ -1194,14 +1218,6 @@ int cmd_serve(int argc, char **argv) {
     srv.max_slots = plan.max_slots;
     srv.eot = gpt2_tokenizer_eot(gpt2_engine_tokenizer(srv.engine));
     if (srv.eot < 0) srv.eot = 0;
-
-    /* SIGINT/SIGTERM go to sigwait below: block them before any thread starts (threads inherit it). */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     if (pthread_create(&stepper, NULL, step_thread, &srv)) {
         fprintf(stderr, "gpt2 serve: cannot start the step thread\n");
