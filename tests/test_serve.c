@@ -291,6 +291,16 @@ Test(serve, sigterm_drains) {
     cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after draining");
 }
 
+/* SIGINT (Ctrl-C) drains the same way. */
+Test(serve, sigint_drains) {
+    need_openai();
+    start_server("--step-delay-ms 20");
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d full INT", (int)g_pid);
+    json_decref(run_case_json("drain", pid));
+    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after draining on SIGINT");
+}
+
 /* SIGTERM with a short deadline: the stream is cut with an error event, still exit 0. */
 Test(serve, sigterm_deadline_cancels) {
     need_openai();

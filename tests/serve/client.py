@@ -585,9 +585,9 @@ def case_queue(base):
     print(json.dumps({"refused_in_s": fast}))
 
 
-def case_drain(base, pid, expect):
-    """SIGTERM while a stream runs: `expect` = full (it finishes) or cut (the drain deadline cancels it,
-    the client gets an error event). No new connection is accepted meanwhile."""
+def case_drain(base, pid, expect, sig="TERM"):
+    """SIG (TERM or INT) while a stream runs: `expect` = full (it finishes) or cut (the drain deadline
+    cancels it, the client gets an error event). No new connection is accepted meanwhile."""
     host, port = hostport(base)
     c = client(base)
     stream = complete(c, prompt="Draining", max_tokens=40, seed=2, stream=True)
@@ -599,7 +599,7 @@ def case_drain(base, pid, expect):
                 text += choice.text
                 finish = choice.finish_reason or finish
             if not sent:
-                os.kill(int(pid), signal.SIGTERM)
+                os.kill(int(pid), signal.SIGINT if sig == "INT" else signal.SIGTERM)
                 sent = True
                 time.sleep(0.3)
                 try:
