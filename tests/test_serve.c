@@ -102,7 +102,7 @@ static void start_server(const char *extra) {
 /* Runs one client case; returns its exit status, *out its stdout (NULL: discarded). */
 static int run_case(const char *name, const char *args, char **out) {
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "timeout 240 python3 tests/serve/client.py %s http://127.0.0.1:%d %s", name, g_port,
+    snprintf(cmd, sizeof cmd, "timeout 280 python3 tests/serve/client.py %s http://127.0.0.1:%d %s", name, g_port,
              args ? args : "");
     return run_capture(cmd, out);
 }
@@ -110,11 +110,11 @@ static int run_case(const char *name, const char *args, char **out) {
 static json_t *run_case_json(const char *name, const char *args) {
     char *out = NULL;
     int rc = run_case(name, args, &out);
+    test_keep(out, free);
     cr_assert_eq(rc, 0, "client case %s failed (status %d); output: %s", name, rc, out);
     json_error_t e;
     json_t *j = json_loads(out, 0, &e);
     cr_assert(j, "case %s: not JSON: %s", name, out);
-    free(out);
     return j;
 }
 
