@@ -26,11 +26,14 @@ LDFLAGS  += -fopenmp $(SAN)
 LDLIBS   += -ljansson -lpcre2-8 -lm -lpthread
 TEST_LDLIBS = -lcriterion
 
-LIB_SRCS  := $(filter-out src/main.c src/cli_%.c src/backend_cuda.c src/cuda_%.c,$(wildcard src/*.c))
+LIB_SRCS  := $(filter-out src/main.c src/cli_%.c src/serve_%.c src/backend_cuda.c src/cuda_%.c,$(wildcard src/*.c))
 CLI_SRCS  := src/main.c $(wildcard src/cli_*.c)
 # The CLI talks to the library through gpt2.h alone (it links the public libgpt2.a, whose other symbols
 # are local); these helpers (JSONL requests, .npy files, file reading) it links as its own copies.
-CLI_SUPPORT_OBJS := $(BUILD)/src/request.o $(BUILD)/src/npy.o $(BUILD)/src/util.o
+CLI_SUPPORT_OBJS := $(BUILD)/src/request.o $(BUILD)/src/npy.o $(BUILD)/src/util.o $(BUILD)/src/serve_req.o
+# `gpt2 serve` needs libmicrohttpd (make deps installs it); without it the rest builds and serve says so.
+MHD     ?= $(shell pkg-config --exists libmicrohttpd 2>/dev/null && echo 1 || echo 0)
+MHD_LIBS := $(if $(filter 1,$(MHD)),$(shell pkg-config --libs libmicrohttpd))
 TEST_SRCS := $(wildcard tests/test_*.c)
 CU_SRCS   := $(wildcard kernels/*.cu)
 
@@ -125,10 +128,19 @@ $(BUILD)/libgpt2_internal.a: $(LIB_OBJS) $(CUDA_STAMP)
 	ar rcs $@ $(LIB_OBJS)
 
 $(BUILD)/gpt2: $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a $(LDLIBS) $(MPI_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJS) $(CLI_SUPPORT_OBJS) $(BUILD)/libgpt2.a $(LDLIBS) $(MHD_LIBS) $(MPI_LIBS)
 
-$(BUILD)/test_gpt2: $(TEST_OBJS) $(BUILD)/libgpt2_internal.a
-	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(BUILD)/libgpt2_internal.a $(LDLIBS) $(TEST_LDLIBS)
+# Whether cli_serve.o was built with libmicrohttpd: switching rebuilds it.
+MHD_STAMP := $(BUILD)/mhd-$(MHD).stamp
+$(MHD_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/mhd-*.stamp
+	@touch $@
+$(BUILD)/src/cli_serve.o: $(MHD_STAMP)
+$(BUILD)/src/cli_serve.o: CFLAGS += $(if $(filter 1,$(MHD)),-DGPT2_HAVE_MHD $(shell pkg-config --cflags libmicrohttpd))
+
+$(BUILD)/test_gpt2: $(TEST_OBJS) $(BUILD)/libgpt2_internal.a $(BUILD)/src/serve_req.o
+	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(BUILD)/src/serve_req.o $(BUILD)/libgpt2_internal.a $(LDLIBS) $(TEST_LDLIBS)
 
 # make install PREFIX=DIR: include/gpt2.h, libgpt2.a, libgpt2.so and a pkg-config file.
 PREFIX  ?= /usr/local
@@ -193,9 +205,12 @@ FUZZ_FLAGS  := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize
                -D_GNU_SOURCE -Iinclude -Isrc
 FUZZ_SECONDS ?= 60
 fuzz: $(FUZZ_BINS)
+# sources a target needs besides the library (the server's request parser is the CLI's, not the library's)
+build-fuzz/fuzz_serve: FUZZ_EXTRA = src/serve_req.c
+build-fuzz/fuzz_serve: src/serve_req.c
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB) $(wildcard src/*.h)
 	@mkdir -p build-fuzz
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB) -ljansson -lpcre2-8 -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB) $(FUZZ_EXTRA) -ljansson -lpcre2-8 -lm
 # A short run of every target on its seed corpus (part of CI); new inputs go to a scratch folder.
 fuzz-smoke: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$${f#build-fuzz/fuzz_}; mkdir -p build-fuzz/corpus-$$n; \
@@ -215,9 +230,11 @@ deps:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    build-essential clang libclang-rt-14-dev libcriterion-dev libjansson-dev libpcre2-dev pkgconf python3 \
-	    libopenmpi-dev openmpi-bin
+	    libopenmpi-dev openmpi-bin libmicrohttpd-dev
 	@# optional: lets the loader tests compare with the reference safetensors reader (they skip without it)
 	-python3 -m pip install -q safetensors numpy 2>/dev/null
+	@# the official OpenAI client: the `gpt2 serve` tests talk to the server through it (they skip without it)
+	-python3 -m pip install -q openai 2>/dev/null
 
 # On a machine with an NVIDIA GPU: build for it, run everything, sanitizers, compare with PyTorch.
 gpu-check:

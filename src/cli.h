@@ -77,5 +77,6 @@ int cmd_decode(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_bench(int argc, char **argv); /* cli_bench.c */
 int cmd_score(int argc, char **argv); /* cli_score.c */
+int cmd_serve(int argc, char **argv); /* cli_serve.c */
 
 #endif /* GPT2_CLI_H */

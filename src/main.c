@@ -15,6 +15,7 @@ static void usage(FILE *f) {
             "  encode     text -> token ids\n"
             "  decode     token ids -> text\n"
             "  bench      throughput and latency of prefill and decode\n"
+            "  serve      an OpenAI-compatible HTTP server (/v1/completions)\n"
             "\n"
             "`gpt2 COMMAND --help` describes each command's options.\n");
 }
@@ -36,6 +37,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "encode")) return cmd_encode(argc - 1, argv + 1);
     if (!strcmp(cmd, "decode")) return cmd_decode(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "gpt2: unknown command '%s'\n", cmd);
     usage(stderr);
     return EXIT_USAGE;

@@ -148,6 +148,32 @@ def request_seeds():
     write("request", "invalid-utf8", b'{"id": "bad", "prompt": "\xff\xfe"}')
 
 
+def serve_seeds():
+    """Bodies of POST /v1/completions (gpt2 serve): every prompt form and field, and bad ones."""
+    clear("serve")
+    bodies = [
+        {"model": "tiny", "prompt": "Hello"},
+        {"model": "tiny", "prompt": ["a", "b", ""], "n": 2, "max_tokens": 5, "seed": 3},
+        {"model": "tiny", "prompt": [464, 2068], "logprobs": 3, "echo": True},
+        {"model": "tiny", "prompt": [[1, 2], [3]], "stop": ["\n", "END"], "temperature": 0},
+        {"model": "tiny", "prompt": "x", "stream": True, "stream_options": {"include_usage": True},
+         "top_p": 0.9, "top_k": 40, "presence_penalty": 0.5, "frequency_penalty": -0.5, "user": "u"},
+        {"model": "tiny", "prompt": "x", "best_of": 1, "logit_bias": {}, "suffix": None, "logprobs": None},
+        {"model": "tiny", "prompt": "x", "n": 0},
+        {"model": "tiny", "prompt": [1, "a"]},
+        {"model": "tiny", "prompt": "x", "stop": ""},
+        {"model": "tiny", "prompt": "x", "logprobs": 10},
+        {"model": "tiny", "prompt": "x", "frobnicate": 1},
+        {"prompt": "no model"},
+    ]
+    for i, b in enumerate(bodies):
+        write("serve", "body-%02d" % i, json.dumps(b, ensure_ascii=False))
+    write("serve", "malformed", '{"model": "tiny", "prompt": ')
+    write("serve", "invalid-utf8", b'{"model": "tiny", "prompt": "\xff\xfe"}')
+    write("serve", "duplicate-key", '{"model": "tiny", "prompt": "a", "prompt": "b"}')
+    write("serve", "unknown-field-utf8", '{"model": "tiny", "prompt": "a", "' + "\u00e9" * 30 + '": 1}')
+
+
 def tokenizer_seeds():
     clear("tokenizer_load")
     # A small byte-level BPE: the 256 byte symbols, some merges of the real tokenizer whose parts are
@@ -262,6 +288,7 @@ if __name__ == "__main__":
     safetensors_seeds()
     config_seeds()
     request_seeds()
+    serve_seeds()
     tokenizer_seeds()
     text_seeds()
     model_seeds()
