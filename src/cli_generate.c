@@ -221,37 +221,6 @@ static void on_signal(int sig) {
     g_cancel = 1;
 }
 
-/* Replaces invalid UTF-8 with U+FFFD so the text can be a JSON string (the token ids stay exact). */
-static char *utf8_sanitize(const char *s, size_t n, size_t *out_n) {
-    char *o = malloc(n * 3 + 1);
-    if (!o) return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        int len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n;
-        for (int j = 1; ok && j < len; j++) ok = ((unsigned char)s[i + j] & 0xC0) == 0x80;
-        if (ok && len > 1) { /* overlong forms, surrogates, > U+10FFFF */
-            unsigned cp = len == 2 ? (c & 0x1Fu) : len == 3 ? (c & 0x0Fu) : (c & 0x07u);
-            for (int j = 1; j < len; j++) cp = cp << 6 | ((unsigned char)s[i + j] & 0x3Fu);
-            ok = (len == 2 && cp >= 0x80) || (len == 3 && cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) ||
-                 (len == 4 && cp >= 0x10000 && cp <= 0x10FFFF);
-        }
-        if (ok) {
-            memcpy(o + k, s + i, (size_t)len);
-            k += (size_t)len;
-            i += (size_t)len;
-        } else {
-            memcpy(o + k, "\xEF\xBF\xBD", 3);
-            k += 3;
-            i++;
-        }
-    }
-    o[k] = '\0';
-    *out_n = k;
-    return o;
-}
-
 /* ---------------------------------------------------------------------------------------------- */
 /* Fingerprints: --resume must only keep records made from the same request on the same model.     */
 
@@ -492,7 +461,7 @@ static int rewrite_output(const char *given, const char *keep, size_t n, FILE **
 
 static char *error_record(const job *j, const char *msg) {
     size_t n;
-    char *clean = utf8_sanitize(msg, strlen(msg), &n); /* messages may quote input bytes */
+    char *clean = gpt2_utf8_clean(msg, strlen(msg), &n); /* messages may quote input bytes */
     json_t *r = clean ? json_pack("{s:O, s:i, s:s}", "id", j->id, "line", j->line, "error", clean) : NULL;
     char *s = r ? json_dumps(r, JSON_COMPACT) : NULL;
     json_decref(r);
@@ -578,7 +547,7 @@ static json_t *token_text(gpt2_tokenizer *tok, int id) {
     const char *bytes = "";
     size_t n = 0, clean_n;
     if (gpt2_token_bytes(tok, id, &bytes, &n, NULL) != GPT2_OK) n = 0;
-    char *clean = utf8_sanitize(bytes, n, &clean_n);
+    char *clean = gpt2_utf8_clean(bytes, n, &clean_n);
     json_t *t = clean ? json_stringn(clean, clean_n) : NULL;
     free(clean);
     return t;
@@ -678,7 +647,7 @@ static int beams_record(json_t *r, const gpt2_event *ev) {
     for (int h = 0; h < ev->n_hyps; h++) {
         const gpt2_hypothesis *y = &ev->hyps[h];
         size_t n;
-        char *clean = utf8_sanitize(y->text, y->n_text, &n);
+        char *clean = gpt2_utf8_clean(y->text, y->n_text, &n);
         json_t *toks = json_array();
         for (int i = 0; toks && i < y->n_tokens; i++) json_array_append_new(toks, json_integer(y->tokens[i]));
         json_t *o = clean && toks ? json_pack("{s:o, s:s%, s:s, s:f}", "tokens", toks, "text", clean, n,
@@ -697,7 +666,7 @@ static int on_finish_batch(void *user, int req, const int *tokens, int n_tokens,
     job *j = &b->jobs[b->req_job[req]];
     size_t clean_n, n_all = n_text;
     char *all = j->spec.echo ? echo_text(b->tok, j, text, n_text, &n_all) : NULL;
-    char *clean = j->spec.echo && !all ? NULL : utf8_sanitize(all ? all : text, n_all, &clean_n);
+    char *clean = j->spec.echo && !all ? NULL : gpt2_utf8_clean(all ? all : text, n_all, &clean_n);
     free(all);
     json_t *toks = json_array();
     for (int i = 0; toks && i < n_tokens; i++) json_array_append_new(toks, json_integer(tokens[i]));

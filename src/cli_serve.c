@@ -347,7 +347,7 @@ static enum MHD_Result fail(server *srv, http_req *hr, struct MHD_Connection *c,
 /* A JSON string of raw bytes (invalid UTF-8 replaced). */
 static json_t *json_bytes(const char *s, size_t n) {
     size_t k;
-    char *clean = serve_utf8_clean(s, n, &k);
+    char *clean = gpt2_utf8_clean(s, n, &k);
     json_t *j = clean ? json_stringn(clean, k) : NULL;
     free(clean);
     return j;

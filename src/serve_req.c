@@ -272,8 +272,8 @@ int serve_request_parse(const char *body, size_t n, int max_logprobs, serve_requ
 
 char *serve_error_json(const serve_error *e) {
     size_t nm, np;
-    char *msg = serve_utf8_clean(e->msg, strlen(e->msg), &nm); /* messages quote input bytes */
-    char *param = serve_utf8_clean(e->param, strlen(e->param), &np);
+    char *msg = gpt2_utf8_clean(e->msg, strlen(e->msg), &nm); /* messages quote input bytes */
+    char *param = gpt2_utf8_clean(e->param, strlen(e->param), &np);
     json_t *o = msg && param ? json_pack("{s:{s:s%, s:s, s:o, s:o}}", "error", "message", msg, nm, "type",
                                          e->type[0] ? e->type : "server_error", "param",
                                          np ? json_stringn(param, np) : json_null(), "code",
@@ -286,45 +286,6 @@ char *serve_error_json(const serve_error *e) {
     return s;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), 0 when invalid (overlong, surrogate, > U+10FFFF, cut). */
-static int utf8_seq(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    int len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-    if (len == 0 || (size_t)len > n) return 0;
-    if (len == 1) return 1;
-    unsigned cp = len == 2 ? (c & 0x1Fu) : len == 3 ? (c & 0x0Fu) : (c & 0x07u);
-    for (int j = 1; j < len; j++) {
-        if ((s[j] & 0xC0) != 0x80) return 0;
-        cp = cp << 6 | (s[j] & 0x3Fu);
-    }
-    int ok = (len == 2 && cp >= 0x80) || (len == 3 && cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) ||
-             (len == 4 && cp >= 0x10000 && cp <= 0x10FFFF);
-    return ok ? len : 0;
-}
-
-char *serve_utf8_clean(const char *s, size_t n, size_t *out_n) {
-    size_t cap;
-    if (gpt2_mul_size(n, 3, &cap) || gpt2_add_size(cap, 1, &cap)) return NULL;
-    char *o = malloc(cap);
-    if (!o) return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < n;) {
-        int len = utf8_seq((const unsigned char *)s + i, n - i);
-        if (len) {
-            memcpy(o + k, s + i, (size_t)len);
-            k += (size_t)len;
-            i += (size_t)len;
-        } else {
-            memcpy(o + k, "\xEF\xBF\xBD", 3);
-            k += 3;
-            i++;
-        }
-    }
-    o[k] = '\0';
-    if (out_n) *out_n = k;
-    return o;
-}
-
 size_t serve_utf8_chars(const char *s, size_t n) {
     size_t c = 0;
     for (size_t i = 0; i < n; i++) c += ((unsigned char)s[i] & 0xC0) != 0x80;
@@ -334,7 +295,7 @@ size_t serve_utf8_chars(const char *s, size_t n) {
 char *serve_token_string(const char *bytes, size_t n) {
     size_t i = 0;
     while (i < n) {
-        int len = utf8_seq((const unsigned char *)bytes + i, n - i);
+        int len = gpt2_utf8_seq((const unsigned char *)bytes + i, n - i);
         if (!len) break;
         i += (size_t)len;
     }

@@ -65,10 +65,6 @@ int serve_fail(serve_error *e, int http_status, const char *type, const char *pa
 /* {"error": {"message", "type", "param", "code"}}, compact, malloc'ed (NULL: out of memory). */
 char *serve_error_json(const serve_error *e);
 
-/* Copies n bytes replacing each invalid UTF-8 sequence by U+FFFD, NUL-terminated, malloc'ed; NULL when
- * out of memory or the size overflows. */
-char *serve_utf8_clean(const char *s, size_t n, size_t *out_n);
-
 /* Code points in s[0..n) (bytes that are not UTF-8 continuation bytes). */
 size_t serve_utf8_chars(const char *s, size_t n);
 

@@ -31,4 +31,10 @@ char *gpt2_path_join(const char *dir, const char *name);
 /* 1 when the path names an existing regular file. */
 int gpt2_file_exists(const char *path);
 
+/* Length of the valid UTF-8 sequence at s[0..n), 0 when invalid (overlong, surrogate, > U+10FFFF, cut). */
+int gpt2_utf8_seq(const unsigned char *s, size_t n);
+/* s (n bytes) with each invalid byte replaced by U+FFFD, NUL-terminated, malloc'ed (NULL: out of memory
+ * or overflow); *out_n (may be NULL) gets its length. */
+char *gpt2_utf8_clean(const char *s, size_t n, size_t *out_n);
+
 #endif /* GPT2_UTIL_H */

@@ -25,6 +25,7 @@
 #include "common.h"
 #include "npy.h"
 #include "serve_req.h"
+#include "util.h"
 
 #define MODEL FIXTURES "/tiny"
 
@@ -410,7 +411,7 @@ Test(serve, parser_refusals_name_the_field) {
 
 Test(serve, text_helpers) {
     size_t n;
-    char *s = serve_utf8_clean("a\xff" "b\xe6\x97", 5, &n);
+    char *s = gpt2_utf8_clean("a\xff" "b\xe6\x97", 5, &n);
     cr_assert_str_eq(s, "a\xEF\xBF\xBD" "b\xEF\xBF\xBD\xEF\xBF\xBD");
     free(s);
     s = serve_token_string("\xe6\x97", 2);

@@ -6,7 +6,7 @@
  * without NUL; sampling as gpt2_sampling_check wants; include_usage only with stream). Refused: a 400
  * (or a 500 for out of memory) with a message, nothing left in the request, and an error body that
  * is valid JSON carrying the same param, whatever bytes the message quotes. The verdict does not
- * depend on the logprobs cap unless "logprobs" lies between the two caps. serve_utf8_clean always
+ * depend on the logprobs cap unless "logprobs" lies between the two caps. gpt2_utf8_clean always
  * gives valid UTF-8 that jansson takes as a string; serve_token_string gives valid UTF-8, the bytes
  * themselves when they were valid UTF-8 without NUL, else "bytes:\xNN...". */
 #include <jansson.h>
@@ -17,6 +17,7 @@
 
 #include "fuzz_common.h"
 #include "serve_req.h"
+#include "util.h"
 
 static void check_accepted(const serve_request *r, int max_logprobs) {
     FUZZ_CHECK(r->model && strlen(r->model) >= 1 && strlen(r->model) <= 256, "model");
@@ -63,7 +64,7 @@ static void check_refused(const serve_request *r, const serve_error *e) {
 
 static void check_text(const uint8_t *data, size_t size) {
     size_t n;
-    char *clean = serve_utf8_clean((const char *)data, size, &n);
+    char *clean = gpt2_utf8_clean((const char *)data, size, &n);
     FUZZ_CHECK(clean && clean[n] == '\0' && fuzz_utf8_valid(clean, n), "utf8_clean");
     json_t *s = json_stringn(clean, n);
     FUZZ_CHECK(s, "jansson refuses the cleaned text");
