@@ -77,7 +77,7 @@ LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CU_OBJS)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/%.o)
 
-.PHONY: all test deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind install bench-cpu bench-kernels
+.PHONY: all test test-run deps fixtures clean gpu-check asan fuzz fuzz-smoke valgrind install bench-cpu bench-kernels
 all: $(BUILD)/gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
 
 # Which build (CUDA=0 or 1) the objects in $(BUILD) were built for: switching rebuilds them.
@@ -166,7 +166,20 @@ TEST_ARGS ?=
 # Criterion's own summary does not count skips, so a closing line from its JSON report does.
 # The library is installed into $(BUILD)/prefix first: test_library builds the README's example against it.
 TEST_PREFIX = $(abspath $(BUILD))/prefix
-test: $(BUILD)/gpt2 $(BUILD)/test_gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
+# `make test` is the README's test command, so on a fresh machine it sets the machine up first: when a
+# build dependency is missing it runs `make deps`, then the tests in a new make (which then sees
+# libmicrohttpd and mpicc, found when the Makefile is read).
+DEPS_OK := $(shell pkg-config --exists criterion jansson libpcre2-8 libmicrohttpd 2>/dev/null && \
+                   command -v mpicc >/dev/null 2>&1 && echo 1)
+ifeq ($(DEPS_OK),1)
+test: test-run
+else
+test:
+	@echo "make test: build dependencies missing (Criterion, jansson, PCRE2, libmicrohttpd or Open MPI): make deps first"
+	$(MAKE) deps
+	$(MAKE) test-run
+endif
+test-run: $(BUILD)/gpt2 $(BUILD)/test_gpt2 $(BUILD)/libgpt2.a $(BUILD)/libgpt2.so
 	@rm -rf $(TEST_PREFIX)
 	@$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX) >/dev/null
 	GPT2_BIN=$(BUILD)/gpt2 GPT2_LIB_DIR=$(BUILD) GPT2_PREFIX=$(TEST_PREFIX) GPT2_CC="$(CC) $(SAN)" \
