@@ -52,7 +52,9 @@ static void serve_fini(void) {
     test_cleanup();
 }
 
-TestSuite(serve, .fini = serve_fini, .timeout = 300);
+/* No Criterion .timeout: under LeakSanitizer its timer leaks 48 bytes in the runner when many timed
+ * tests run in parallel (make asan fails on it). Each client case runs under `timeout 280` instead. */
+TestSuite(serve, .fini = serve_fini);
 
 static void need_openai(void) {
     if (system("python3 -c 'import openai' >/dev/null 2>&1") != 0)

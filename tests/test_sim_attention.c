@@ -60,7 +60,7 @@ Test(sim_attention, mma_fragment_maps) {
 
 /* Odd and power-of-two head sizes, both element sizes (each geometry), with and without append, rows
  * at and around the 128-key split boundaries, a padding row; blocks in random order. */
-Test(sim_attention, decode_matches_naive, .timeout = 120) {
+Test(sim_attention, decode_matches_naive) {
     sim_stats st = {0};
     const int hs[] = {1, 5, 8, 16, 63, 64, 100, 128, 200, 256};
     for (int i = 0; i < 10; i++)
@@ -70,7 +70,7 @@ Test(sim_attention, decode_matches_naive, .timeout = 120) {
 }
 
 /* T = 1 (maxT 1) and a gpt2-shaped head at T = 1024 (8 splits merged), several block orders. */
-Test(sim_attention, decode_context_1_and_1024, .timeout = 120) {
+Test(sim_attention, decode_context_1_and_1024) {
     sim_stats st = {0};
     for (int ap = 0; ap < 2; ap++) {
         sim_check_decode(3, 4, 8, 1, 2, ap, 5, &st);
@@ -82,7 +82,7 @@ Test(sim_attention, decode_context_1_and_1024, .timeout = 120) {
 /* Ragged batches (a chunk from 0 over several query and key tiles, T = 1 mid-way, an odd continued
  * chunk), every tensor-core D (32, 64, 128) with odd head sizes (40, 100: zero-padded dims), without
  * rounding (the algorithm alone: float tolerance) and with fp16 / bf16 rounding (16-bit tolerance). */
-Test(sim_attention, prefill_matches_naive, .timeout = 120) {
+Test(sim_attention, prefill_matches_naive) {
     sim_stats st = {0};
     const int ch[][3] = {{1, 0, 150}, {0, 37, 1}, {2, 5, 67}};
     const int hp[] = {8, 16, 40, 64, 100, 128};
@@ -92,7 +92,7 @@ Test(sim_attention, prefill_matches_naive, .timeout = 120) {
 }
 
 /* T = 1024 from position 0 at gpt2's head size, and T = 1 at position 0. */
-Test(sim_attention, prefill_t1_and_t1024, .timeout = 120) {
+Test(sim_attention, prefill_t1_and_t1024) {
     sim_stats st = {0};
     const int ch1[][3] = {{0, 0, 1}}, ch2[][3] = {{0, 0, 1024}};
     sim_check_prefill(1, 64, 4, ch1, 1, SIM_F16, 3, &st);
