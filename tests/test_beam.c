@@ -193,7 +193,7 @@ Test(beam, bad_settings_name_the_field) {
         case 1: r.beam.num_beams = 65; break;
         case 2: r.beam.n = 3; break;                 /* more than the beams */
         case 3: r.beam.early_stopping = 3; break;
-        case 4: r.beam.num_beams = 1; r.beam.no_repeat_ngram_size = 2; break;
+        case 4: r.beam.num_beams = 1; r.beam.no_repeat_ngram_size = -1; break; /* greedy takes 0..max_seq */
         case 5: r.stop = stops; r.n_stop = 1; break;
         case 6: r.sampling.repetition_penalty = 1.2f; break;
         case 7: r.logprobs = 1; r.top_logprobs = 2; break;
