@@ -37,9 +37,9 @@ gpt2_status gpt2_cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int 
             const int nh = pen ? r->n_history : 0;
             /* the ban list takes at most one id per n-gram window (gpt2_ngram_banned without marks) */
             const int ng = r->no_repeat_ngram, nb_max = ng > 0 && r->n_history >= ng ? r->n_history - ng + 1 : 0;
-            const long need = (long)nh + nb_max; /* both <= INT_MAX: no overflow in long */
+            const long long need = (long long)nh + nb_max; /* both <= INT_MAX: no overflow */
             if (need > p->hist_cap)
-                return gpt2_fail(err, GPT2_ERR_LIMIT, "sample: request %d needs %ld staging ids (%d history tokens for "
+                return gpt2_fail(err, GPT2_ERR_LIMIT, "sample: request %d needs %lld staging ids (%d history tokens for "
                                                       "its penalties, up to %d banned by no_repeat_ngram_size %d); this "
                                                       "backend holds at most %d", done + g, need, nh, nb_max, ng,
                                  p->hist_cap);
