@@ -152,8 +152,9 @@ typedef struct {
 /* Defaults: greedy, no filters, no penalties, seed 0. */
 GPT2_API gpt2_sampling gpt2_sampling_default(void);
 
-/* Beam search, with exactly the semantics of transformers' generate(num_beams, do_sample=False,
- * length_penalty, early_stopping, no_repeat_ngram_size, num_return_sequences = n): beam scores are
+/* Beam search (and the n-gram ban of every decoding mode), with exactly the semantics of
+ * transformers' generate(num_beams, do_sample=False, length_penalty, early_stopping,
+ * no_repeat_ngram_size, num_return_sequences = n): beam scores are
  * sums of log_softmax of the raw logits; a hypothesis that ends (end-of-text, or the length limit)
  * is ranked by score / generated_length^length_penalty (end-of-text counted in the length); the
  * search ends as transformers' does (early_stopping: 0 = its heuristic, 1 = as soon as num_beams
@@ -165,7 +166,9 @@ typedef struct {
     int num_beams;            /* 0 or 1: off; 2..max_slots */
     float length_penalty;     /* transformers' default 1.0 */
     int early_stopping;       /* 0 false, 1 true, 2 "never" */
-    int no_repeat_ngram_size; /* 0 = off: no n-gram of this size occurs twice in prompt + output */
+    int no_repeat_ngram_size; /* 0 = off: no n-gram of this size occurs twice in prompt + output;
+                               * 0..max_seq, also with num_beams 0 or 1 (greedy and sampling, as
+                               * transformers' NoRepeatNGramLogitsProcessor) */
     int n;                    /* hypotheses reported in FINISH (1..num_beams); 0 means 1 */
 } gpt2_beam;
 

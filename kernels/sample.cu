@@ -154,6 +154,15 @@ __global__ void __launch_bounds__(PREP_THREADS)
         }
         __syncthreads();
     }
+    /* the n-gram ban after the penalties, as sampler.c (a repeated id writes the same -inf) */
+    if (pr.n_ban > 0) {
+        const int *ban = history + pr.ban_off;
+        for (int i = tid; i < pr.n_ban; i += blockDim.x) {
+            int t = ban[i];
+            if (t >= 0 && t < V) x[t] = -INFINITY;
+        }
+        __syncthreads();
+    }
 
     if (pr.greedy) {
         float bv = NAN;
@@ -172,7 +181,7 @@ __global__ void __launch_bounds__(PREP_THREADS)
     float mx = -INFINITY;
     for (int i = tid; i < V; i += blockDim.x) mx = fmaxf(mx, x[i]);
     mx = block_max(mx, sv);
-    if (!isfinite(mx)) { /* a penalty overflowed: as sampler.c */
+    if (!isfinite(mx)) { /* a penalty overflowed, or the ban left no token: as sampler.c */
         if (tid == 0) out[r] = SAMPLE_NONFINITE;
         return;
     }

@@ -24,6 +24,8 @@ typedef struct {
     int hist_off;             /* history of this request: history[hist_off .. hist_off + n_hist) */
     int n_hist;               /* prompt then generated tokens (0 when no penalty is on) */
     int n_prompt;             /* the first n_prompt of them are the prompt */
+    int ban_off;              /* no_repeat_ngram_size: the banned tokens, history[ban_off .. ban_off + n_ban) */
+    int n_ban;                /* (gpt2_ngram_banned on the host, a token may repeat), 0: none */
 } gpt2_cuda_sample_params;
 
 /* Device scratch for up to `rows` requests per call; count must be all zero before the first call
@@ -37,9 +39,10 @@ typedef struct {
 
 /* out_tokens (n) on the device: one token per request i reading logits row params[i].row, n <= G.
  *   logits (rows, ld) float, ld >= V, columns 0..V-1 read, left unchanged; params (n) and history on
- *   the device.
+ *   the device (each request's penalty history and its banned tokens).
  * Steps as gpt2_sample_row: repetition penalty over the distinct tokens of the whole history, then
- * frequency and presence penalties over the generated part; greedy rows take the argmax (lowest id on
+ * frequency and presence penalties over the generated part, then -inf for each banned token (the
+ * n-gram ban, listed in history by the host); greedy rows take the argmax (lowest id on
  * ties, NaN below every number, 0 when logit 0 is NaN); the others take (l - max l) / temperature
  * and, in the order of a descending sort with ties by lowest id (found by radix selection, never
  * sorted), keep the top_k first, take the probabilities exp(l - max) over them, keep the shortest

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sampler.h"
 #include "util.h"
 
 #define NEG_BIG (-1.0e9f) /* transformers' "very large negative" */
@@ -32,6 +33,7 @@ void gpt2_beam_free(gpt2_beam_state *b) {
     free(b->order);
     free(b->sel);
     free(b->ban);
+    free(b->ban_list);
     memset(b, 0, sizeof *b);
 }
 
@@ -58,25 +60,14 @@ gpt2_status gpt2_beam_init(gpt2_beam_state *b, int K, int V, int P, int max_new,
     b->order = calloc(cand, sizeof(int));
     b->sel = calloc(2 * (size_t)K, sizeof(int));
     b->ban = calloc((size_t)V, sizeof(int));
+    b->ban_list = calloc((size_t)b->max_len, sizeof(int));
     if (!b->run_score || !b->fin_score || !b->fin_len || !b->fin_tokens || !b->fin_lp || !b->row || !b->cand_beam ||
-        !b->cand_tok || !b->cand_acc || !b->cand_lp || !b->order || !b->sel || !b->ban) {
+        !b->cand_tok || !b->cand_acc || !b->cand_lp || !b->order || !b->sel || !b->ban ||
+        !b->ban_list) {
         gpt2_beam_free(b);
         return gpt2_fail(err, GPT2_ERR_NOMEM, "num_beams %d: out of memory for the beam state", K);
     }
     return GPT2_OK;
-}
-
-/* Sets ban[t] = set for the tokens transformers' NoRepeatNGramLogitsProcessor bans after seq (n
- * tokens): every t such that (the last ngram-1 tokens, t) already occurs in seq. The caller clears
- * the marks with a second walk (set = 0). */
-static void mark_banned(const int *seq, int n, int ngram, int *ban, int V, int set) {
-    if (ngram <= 0 || n + 1 < ngram) return;
-    const int pre = ngram - 1;
-    for (int j = 0; j + ngram <= n; j++) {
-        if (memcmp(seq + j, seq + n - pre, sizeof(int) * (size_t)pre)) continue;
-        int t = seq[j + pre];
-        if (t >= 0 && t < V) ban[t] = set;
-    }
 }
 
 /* Candidates ordered by accumulated score, ties to the lower flat index (beam * V + token). */
@@ -133,7 +124,8 @@ int gpt2_beam_step(gpt2_beam_state *b, const float *const *rows, const int *cons
         double sum = 0.0;
         for (int v = 0; v < V; v++) sum += exp((double)l[v] - (double)mx);
         const double ls = log(sum);
-        mark_banned(hist[r], b->cur_len, b->ngram, b->ban, V, 1);
+        /* the banned tokens, marked in ban (gpt2_ngram_banned, as the sampler's) */
+        const int n_ban = gpt2_ngram_banned(hist[r], b->cur_len, b->ngram, V, b->ban, b->ban_list);
         int *ids = b->order; /* scratch: this beam's best, by raw logit (same order as log_softmax) */
         int n = 0;
         for (int v = 0; v < V; v++) {
@@ -146,7 +138,7 @@ int gpt2_beam_step(gpt2_beam_state *b, const float *const *rows, const int *cons
             }
             ids[at] = v;
         }
-        mark_banned(hist[r], b->cur_len, b->ngram, b->ban, V, 0);
+        for (int i = 0; i < n_ban; i++) b->ban[b->ban_list[i]] = 0;
         for (int i = 0; i < n; i++) {
             float lp = (float)((double)l[ids[i]] - (double)mx - ls);
             b->cand_beam[n_cand] = r;

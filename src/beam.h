@@ -39,7 +39,8 @@ typedef struct {
     float *cand_acc, *cand_lp; /* (K * 2K) */
     int *order;         /* (K * 2K) */
     int *sel;           /* (2K) indices into the candidates, best first */
-    int *ban;           /* (V) banned-token marks of one beam */
+    int *ban;           /* (V) banned-token marks of one beam, all 0 between beams */
+    int *ban_list;      /* (max_len) the marked tokens (gpt2_ngram_banned) */
 } gpt2_beam_state;
 
 /* Allocates a search; GPT2_ERR_NOMEM / GPT2_ERR_LIMIT (sizes overflow). */

@@ -350,6 +350,9 @@ static void job_fingerprint(job *j, uint64_t model_id, const cli_common *c, cons
         h = fnv_u64(h, (uint64_t)sp->beam.early_stopping);
         h = fnv_u64(h, (uint64_t)sp->beam.no_repeat_ngram_size);
         h = fnv_u64(h, (uint64_t)sp->beam.n);
+    } else if (sp->beam.no_repeat_ngram_size > 0) { /* greedy or sampling with the n-gram ban: only then */
+        h = fnv_bytes(h, "ngram", 5);
+        h = fnv_u64(h, (uint64_t)sp->beam.no_repeat_ngram_size);
     }
     if (sp->logprobs || sp->echo) { /* only then, so that records made before these fields keep their fp */
         h = fnv_bytes(h, "logprobs", 8);

@@ -102,7 +102,7 @@ typedef struct {
     int Vp;                /* V rounded up to VOCAB_PAD: lm_head rows, logits row stride */
     int tiles_cap;         /* prefill attention tiles: ceil(N / BQ) + S */
     int sample_rows;       /* G */
-    int hist_cap;          /* history ints for one sampling group */
+    int hist_cap;          /* staging ints for one sampling group: penalty histories and n-gram bans */
     size_t attn_scratch_floats;
     size_t attn_n_counters;     /* decode attention tickets: attention_decode_counters(S, NH) */
     int gemv_max_rows;          /* forwards of <= this many rows use the GEMV kernels (GEMV_MAX_ROWS) */
@@ -150,7 +150,7 @@ typedef struct {
 typedef struct {
     gpt2_cuda_sample_scratch scr;                 /* (G, V) keys and penalty counts */
     gpt2_cuda_sample_params *params_d, *params_h; /* (G) */
-    int *hist_d, *hist_h;                         /* (hist_cap) penalty histories of the group */
+    int *hist_d, *hist_h;                         /* (hist_cap) penalty histories and ban lists of the group */
     int *out_d, *out_h;                           /* (G) sampled tokens */
     float *lp_d, *lp_h;                           /* (G) their log-probabilities */
 } gpt2_cuda_sampler;

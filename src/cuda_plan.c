@@ -53,9 +53,10 @@ gpt2_status gpt2_cuda_make_plan(const gpt2_model *m, const gpt2_backend_opts *o,
     p->rows_cap = o->all_logits ? o->max_tokens : o->max_slots;
     p->tiles_cap = (o->max_tokens + GPT2_ATTN_PREFILL_BQ - 1) / GPT2_ATTN_PREFILL_BQ + o->max_slots;
     p->sample_rows = p->rows_cap < SAMPLE_GROUP ? p->rows_cap : SAMPLE_GROUP;
-    if ((size_t)p->sample_rows * (maxT + 1) > INT_MAX || (size_t)p->sample_rows * V > INT_MAX)
+    /* staging per request: its penalty history (<= maxT) and its n-gram ban list (<= maxT) */
+    if ((size_t)p->sample_rows * (2 * maxT + 1) > INT_MAX || (size_t)p->sample_rows * V > INT_MAX)
         return gpt2_fail(err, GPT2_ERR_DEVICE_MEM, "cuda: sampling scratch for %d rows overflows", p->sample_rows);
-    p->hist_cap = p->sample_rows * (o->max_seq + 1);
+    p->hist_cap = p->sample_rows * (2 * o->max_seq + 1);
     p->attn_scratch_floats = attention_decode_scratch_floats(o->max_slots, NH, HS, o->max_seq);
     p->attn_n_counters = attention_decode_counters(o->max_slots, NH);
     if (p->attn_scratch_floats == 0 || p->attn_n_counters == 0) ovf = 1; /* 0: a size overflowed */
@@ -112,7 +113,7 @@ gpt2_status gpt2_cuda_make_plan(const gpt2_model *m, const gpt2_backend_opts *o,
     /* sampling (G * V < 2^31 was checked above) */
     const size_t G = (size_t)p->sample_rows, GV = G * V;
     bad |= take(&cur, G, sizeof(gpt2_cuda_sample_params), &p->s_params); /* (G) */
-    bad |= take(&cur, (size_t)p->hist_cap, sizeof(int), &p->s_hist);      /* (G * (maxT + 1)) */
+    bad |= take(&cur, (size_t)p->hist_cap, sizeof(int), &p->s_hist);      /* (G * (2 maxT + 1)) */
     bad |= take(&cur, G, sizeof(int), &p->s_out);                         /* (G) */
     bad |= take(&cur, G, sizeof(float), &p->s_lp);                        /* (G) */
     bad |= take(&cur, GV, sizeof(float), &p->s_keys);                     /* (G, V) */

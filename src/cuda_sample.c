@@ -1,5 +1,6 @@
 /* cuda_sample.c: sampling on the device, in groups of up to G requests (the scratch is sized for G).
- * The host packs each group's parameters and penalty histories into pinned staging, one copy goes up,
+ * The host packs each group's parameters, penalty histories and n-gram bans (the tokens
+ * gpt2_ngram_banned lists, after that request's history) into pinned staging, one copy goes up,
  * the kernels of kernels/sample.cu run, and only the G token ids (and, when asked, their G
  * log-probabilities) come back. */
 #include <string.h>
@@ -20,9 +21,10 @@ gpt2_status gpt2_cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int 
     for (int i = 0; i < n; i++) {
         const gpt2_sample_req *r = &reqs[i];
         if (!r->p || r->n_history < 0 || (r->n_history > 0 && !r->history) || r->n_prompt < 0 ||
-            r->n_prompt > r->n_history)
+            r->n_prompt > r->n_history || r->no_repeat_ngram < 0)
             return gpt2_fail(err, GPT2_ERR_ARG, "sample: request %d: bad parameters or history (%d tokens, %d of "
-                                                "them prompt)", i, r->n_history, r->n_prompt);
+                                                "them prompt, no_repeat_ngram_size %d)", i, r->n_history,
+                             r->n_prompt, r->no_repeat_ngram);
     }
     CUDA_CHECK(cudaSetDevice(x->device));
     for (int done = 0; done < n;) {
@@ -33,10 +35,15 @@ gpt2_status gpt2_cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int 
             const int pen = sp->repetition_penalty != 1.0f || sp->frequency_penalty != 0.0f ||
                             sp->presence_penalty != 0.0f;
             const int nh = pen ? r->n_history : 0;
-            if (nh > p->hist_cap)
-                return gpt2_fail(err, GPT2_ERR_LIMIT, "sample: request %d has %d history tokens for its penalties; "
-                                                      "this backend holds at most %d", done + g, nh, p->hist_cap);
-            if (used + nh > p->hist_cap) break; /* the next group takes it */
+            /* the ban list takes at most one id per n-gram window (gpt2_ngram_banned without marks) */
+            const int ng = r->no_repeat_ngram, nb_max = ng > 0 && r->n_history >= ng ? r->n_history - ng + 1 : 0;
+            const long long need = (long long)nh + nb_max; /* both <= INT_MAX: no overflow */
+            if (need > p->hist_cap)
+                return gpt2_fail(err, GPT2_ERR_LIMIT, "sample: request %d needs %lld staging ids (%d history tokens for "
+                                                      "its penalties, up to %d banned by no_repeat_ngram_size %d); this "
+                                                      "backend holds at most %d", done + g, need, nh, nb_max, ng,
+                                 p->hist_cap);
+            if (used + need > p->hist_cap) break; /* the next group takes it */
             gpt2_cuda_sample_params *q = &sm->params_h[g];
             q->temperature = sp->temperature;
             q->top_p = sp->top_p;
@@ -52,6 +59,9 @@ gpt2_status gpt2_cuda_sample(gpt2_backend *be, const gpt2_sample_req *reqs, int 
             q->n_prompt = pen ? r->n_prompt : 0;
             if (nh > 0) memcpy(sm->hist_h + used, r->history, sizeof(int) * (size_t)nh);
             used += nh;
+            q->ban_off = used;
+            q->n_ban = nb_max > 0 ? gpt2_ngram_banned(r->history, r->n_history, ng, V, NULL, sm->hist_h + used) : 0;
+            used += q->n_ban;
             any_sampled |= !q->greedy;
             g++;
         }

@@ -185,12 +185,13 @@ static gpt2_status check_beam(const gpt2_engine *e, const gpt2_request *r, gpt2_
     if (b->num_beams < 0 || b->num_beams > GPT2_MAX_BEAMS)
         return gpt2_fail(err, GPT2_ERR_ARG, "num_beams %d: must be in 0..%d (0 or 1: off)", b->num_beams,
                          GPT2_MAX_BEAMS);
+    /* every decoding mode: greedy, sampling and beams ban n-grams alike (transformers' processor) */
+    if (b->no_repeat_ngram_size < 0 || b->no_repeat_ngram_size > e->max_seq)
+        return gpt2_fail(err, GPT2_ERR_ARG, "no_repeat_ngram_size %d: must be in 0..%d (0: off; max_seq)",
+                         b->no_repeat_ngram_size, e->max_seq);
     if (b->num_beams < 2) {
         if (b->n > 1)
             return gpt2_fail(err, GPT2_ERR_ARG, "n %d: more than one output needs num_beams >= n", b->n);
-        if (b->no_repeat_ngram_size != 0)
-            return gpt2_fail(err, GPT2_ERR_ARG, "no_repeat_ngram_size %d: only with beam search (num_beams >= 2)",
-                             b->no_repeat_ngram_size);
         return GPT2_OK;
     }
     if (b->num_beams > e->S)
@@ -205,9 +206,6 @@ static gpt2_status check_beam(const gpt2_engine *e, const gpt2_request *r, gpt2_
     if (b->early_stopping < 0 || b->early_stopping > 2)
         return gpt2_fail(err, GPT2_ERR_ARG, "early_stopping %d: must be 0 (false), 1 (true) or 2 (never)",
                          b->early_stopping);
-    if (b->no_repeat_ngram_size < 0 || b->no_repeat_ngram_size > e->max_seq)
-        return gpt2_fail(err, GPT2_ERR_ARG, "no_repeat_ngram_size %d: must be in 0..%d", b->no_repeat_ngram_size,
-                         e->max_seq);
     if (r->n_stop > 0) return gpt2_fail(err, GPT2_ERR_ARG, "stop: not supported with beam search (num_beams >= 2)");
     if (r->top_logprobs > 0)
         return gpt2_fail(err, GPT2_ERR_ARG, "top_logprobs: not supported with beam search (num_beams >= 2)");
@@ -267,6 +265,7 @@ gpt2_status gpt2_engine_submit(gpt2_engine *e, const gpt2_request *r, gpt2_reque
     j->want_logprobs = r->logprobs ? 1 : 0;
     j->n_top = r->top_logprobs;
     j->echo = r->echo ? 1 : 0;
+    j->no_repeat_ngram = r->beam.no_repeat_ngram_size;
     j->cap_gen = r->max_tokens < e->max_seq - j->n_prompt ? r->max_tokens : e->max_seq - j->n_prompt;
     if ((st = job_logprob_buffers(j, err)) != GPT2_OK) goto fail;
     if (r->beam.num_beams >= 2 && j->cap_gen > 0) {

@@ -24,6 +24,7 @@ struct gpt2_job {
     int ignore_eot, want_logprobs;
     int n_top;           /* top_logprobs: alternatives reported per position */
     int echo;            /* 1: a PROMPT event with the prompt's logprobs */
+    int no_repeat_ngram; /* no_repeat_ngram_size (gpt2_beam's field), 0 off; greedy, sampling and beams */
     int prompt_sent;     /* the PROMPT event went out (step thread only) */
     float *echo_lp;      /* echo: (n_prompt) log p(prompt[i] | prompt[..i]), [0] = NAN */
     int *echo_top_ids;   /* echo: (n_prompt, n_top) */

@@ -140,10 +140,15 @@ static void finish(gpt2_engine *e, gpt2_slot *sl, gpt2_finish reason) {
  * garbage passed off as output. Held-back text is not flushed. */
 static void fail_nonfinite(gpt2_engine *e, gpt2_slot *sl) {
     gpt2_job *j = sl->job;
-    char msg[160];
-    snprintf(msg, sizeof msg,
-             "the logits for generated token %d are not finite (NaN or Inf): the model's forward pass broke down",
-             sl->n_gen);
+    char msg[256];
+    if (j->no_repeat_ngram > 0) /* a sampled row whose every token the ban took is -inf too (sampler.h) */
+        snprintf(msg, sizeof msg,
+                 "the logits for generated token %d are not finite (NaN or Inf), or no_repeat_ngram_size %d bans "
+                 "every token: no token can be drawn", sl->n_gen, j->no_repeat_ngram);
+    else
+        snprintf(msg, sizeof msg,
+                 "the logits for generated token %d are not finite (NaN or Inf): the model's forward pass broke down",
+                 sl->n_gen);
     gpt2_event ev = {.kind = GPT2_EVENT_FINISH, .finish = GPT2_FINISH_ERROR, .tokens = sl->hist + (sl->n_hist - sl->n_gen),
                      .logprobs = sl->lp, .n_tokens = sl->n_gen, .text = sl->text ? sl->text : "",
                      .n_text = sl->n_text, .prompt_tokens = j->n_prompt, .error = msg};
@@ -598,7 +603,8 @@ gpt2_status gpt2_sched_step(gpt2_engine *e, int *busy, gpt2_error *err) {
                                     .tokens = sl->hist + sl->n_cached,
                                     .all_rows = j->echo && sl->n_cached < j->n_prompt};
         e->sr[k] = (gpt2_sample_req){.p = &j->sampling, .step = (uint64_t)sl->n_gen, .history = sl->hist,
-                                     .n_history = sl->n_hist, .n_prompt = j->n_prompt};
+                                     .n_history = sl->n_hist, .n_prompt = j->n_prompt,
+                                     .no_repeat_ngram = j->no_repeat_ngram};
         want_lp |= j->want_logprobs;
         want_host |= j->n_top > 0 || e->chunks[k].all_rows || j->K;
     }

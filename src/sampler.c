@@ -85,6 +85,34 @@ static void apply_penalties(float *logits, int V, const gpt2_sample_req *r, int 
     }
 }
 
+int gpt2_ngram_banned(const int *seq, int n, int ngram, int V, int *seen, int *banned) {
+    if (ngram <= 0 || n < ngram) return 0;
+    const int pre = ngram - 1;
+    const int *suffix = seq + n - pre; /* the n-gram's first ngram - 1 tokens, if the next token completes it */
+    int nb = 0;
+    for (int j = 0; j + ngram <= n; j++) {
+        if (memcmp(seq + j, suffix, sizeof(int) * (size_t)pre)) continue;
+        const int t = seq[j + pre];
+        if (t < 0 || t >= V) continue;
+        if (seen) {
+            if (seen[t]) continue;
+            seen[t] = 1;
+        }
+        banned[nb++] = t;
+    }
+    return nb;
+}
+
+/* The n-gram ban: -inf for the tokens gpt2_ngram_banned lists (s->idx holds the list: at most V
+ * distinct tokens; s->count is all 0 outside apply_penalties and is left so). */
+static void apply_ngram_ban(float *logits, int V, const gpt2_sample_req *r, gpt2_sample_scratch *s) {
+    const int nb = gpt2_ngram_banned(r->history, r->n_history, r->no_repeat_ngram, V, s->count, s->idx);
+    for (int i = 0; i < nb; i++) {
+        logits[s->idx[i]] = -INFINITY;
+        s->count[s->idx[i]] = 0;
+    }
+}
+
 /* Ties go to the lowest id everywhere, so the order is total. */
 static int by_logit_desc(const void *a, const void *b, void *ctx) {
     const float *l = ctx;
@@ -107,6 +135,7 @@ int gpt2_sample_row(float *logits, int V, const gpt2_sample_req *r, gpt2_sample_
     for (int i = 0; i < V; i++)
         if (!isfinite(logits[i])) return GPT2_SAMPLE_NONFINITE;
     apply_penalties(logits, V, r, s->count);
+    if (r->no_repeat_ngram > 0) apply_ngram_ban(logits, V, r, s);
     if (p->temperature <= 0.0f || p->top_k == 1) return argmax(logits, V);
 
     /* Subtract the row max before dividing by the temperature: every scaled logit is <= 0 and the
@@ -114,7 +143,7 @@ int gpt2_sample_row(float *logits, int V, const gpt2_sample_req *r, gpt2_sample_
      * would then be NaN); exp(-inf) is 0. For tiny T this tends to greedy (ties split by the draw).
      * kernels/sample.cu follows the same rule. */
     float mx = logits[argmax(logits, V)];
-    if (!isfinite(mx)) return GPT2_SAMPLE_NONFINITE; /* a penalty overflowed */
+    if (!isfinite(mx)) return GPT2_SAMPLE_NONFINITE; /* a penalty overflowed, or the ban left no token */
     for (int i = 0; i < V; i++) logits[i] = (logits[i] - mx) / p->temperature;
 
     /* Candidates in descending order; top-k keeps the first k. */

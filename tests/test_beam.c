@@ -3,7 +3,10 @@
  * hypothesis token for token, its score, its end (end-of-text or length), for several beam counts,
  * length penalties, early_stopping false/true/never, no_repeat_ngram_size and "n" outputs; the
  * requests of one model run together in one engine (beams of many requests batched, slots forked
- * by copying KV caches), beside a greedy request that must come out as it does alone. */
+ * by copying KV caches), beside a greedy request that must come out as it does alone; the number of
+ * steps each search runs (the early stop). Suite ngram: no_repeat_ngram_size with greedy and
+ * sampling (num_beams 1) against transformers' generate(no_repeat_ngram_size=...), on the CPU and,
+ * where there is a GPU, on CUDA. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -55,17 +58,19 @@ static int on_event(const gpt2_event *ev) {
     return 0;
 }
 
-static gpt2_engine *engine_on(const char *model, int slots) {
+static gpt2_engine *engine_dev(const char *model, int slots, const char *device) {
     char dir[256];
     snprintf(dir, sizeof dir, "%s/%s", FIXTURES, model);
     gpt2_engine_opts o = gpt2_engine_opts_default();
-    o.device = "cpu";
+    o.device = device;
     o.max_slots = slots;
     gpt2_engine *e = NULL;
     gpt2_error err = {0};
     cr_assert_eq(gpt2_engine_create(dir, &o, &e, &err), GPT2_OK, "%s", err.msg);
     return test_keep(e, gpt2_engine_destroy);
 }
+
+static gpt2_engine *engine_on(const char *model, int slots) { return engine_dev(model, slots, "cpu"); }
 
 static json_t *golden(void) {
     json_error_t jerr;
@@ -173,6 +178,54 @@ Test(beam, end_of_text_matches_transformers) {
     cr_assert_gt(eot, 0, "no golden hypothesis ends with end-of-text: the cases show nothing");
 }
 
+/* The early stop: each golden case alone in an engine, counting gpt2_engine_step calls until its
+ * FINISH, equals the steps transformers' _beam_search ran (len(scores): its early-stop heuristic,
+ * early_stopping true, or the length limit). The short prompts are prefilled in the first step with
+ * the first beam step, so one engine step is one search step. The heuristic saves steps only, so
+ * the token checks above cannot see it: this does (the cases where early_stopping false stopped
+ * before max_new_tokens). */
+Test(beam, steps_match_transformers_early_stop) {
+    json_t *cases = json_object_get(golden(), "beams");
+    const char *models[] = {"small", "tiny", "beam-eot"};
+    int heuristic_stops = 0, n_cases = 0;
+    for (int mi = 0; mi < 3; mi++) {
+        gpt2_engine *e = engine_on(models[mi], 5);
+        for (size_t c = 0; c < json_array_size(cases); c++) {
+            json_t *cs = json_array_get(cases, c);
+            if (strcmp(json_string_value(json_object_get(cs, "model")), models[mi])) continue;
+            int n_prompt;
+            int *prompt = test_keep(json_ints(json_object_get(cs, "prompt"), &n_prompt), free);
+            const int max_new = (int)json_integer_value(json_object_get(cs, "max_new_tokens"));
+            const int want = (int)json_integer_value(json_object_get(cs, "steps"));
+            cr_assert(want >= 1 && want <= max_new, "case %zu: golden steps %d", c, want);
+            beam_seen *s = test_calloc(1, sizeof *s);
+            gpt2_request r = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_new,
+                              .sampling = gpt2_sampling_default(), .beam = gpt2_beam_default(), .on_event = on_event,
+                              .user = s};
+            r.beam.num_beams = (int)json_integer_value(json_object_get(cs, "num_beams"));
+            r.beam.length_penalty = (float)json_number_value(json_object_get(cs, "length_penalty"));
+            r.beam.early_stopping = early_code(json_object_get(cs, "early_stopping"));
+            r.beam.no_repeat_ngram_size = (int)json_integer_value(json_object_get(cs, "no_repeat_ngram_size"));
+            r.beam.n = (int)json_integer_value(json_object_get(cs, "n"));
+            gpt2_error err = {0};
+            cr_assert_eq(gpt2_engine_submit(e, &r, NULL, &err), GPT2_OK, "case %zu: %s", c, err.msg);
+            int steps = 0, busy = 1;
+            while (!s->finished && busy && steps <= max_new + 1) {
+                cr_assert_eq(gpt2_engine_step(e, &busy, &err), GPT2_OK, "%s", err.msg);
+                steps++;
+            }
+            cr_assert_eq(s->finished, 1, "case %zu: no FINISH after %d steps", c, steps);
+            cr_assert_eq(steps, want, "case %zu (%s, %d beams, early_stopping %d): %d steps, transformers ran %d", c,
+                         models[mi], r.beam.num_beams, r.beam.early_stopping, steps, want);
+            cr_assert_eq(gpt2_engine_pending(e), 0);
+            heuristic_stops += r.beam.early_stopping == 0 && want < max_new;
+            n_cases++;
+        }
+    }
+    cr_assert_gt(n_cases, 10);
+    cr_assert_geq(heuristic_stops, 2, "no golden case stops early by the heuristic: the test shows nothing");
+}
+
 Test(beam, bad_settings_name_the_field) {
     gpt2_engine *e = engine_on("small", 4);
     int p[] = {1, 2, 3};
@@ -193,7 +246,7 @@ Test(beam, bad_settings_name_the_field) {
         case 1: r.beam.num_beams = 65; break;
         case 2: r.beam.n = 3; break;                 /* more than the beams */
         case 3: r.beam.early_stopping = 3; break;
-        case 4: r.beam.num_beams = 1; r.beam.no_repeat_ngram_size = 2; break;
+        case 4: r.beam.num_beams = 1; r.beam.no_repeat_ngram_size = -1; break; /* greedy takes 0..max_seq */
         case 5: r.stop = stops; r.n_stop = 1; break;
         case 6: r.sampling.repetition_penalty = 1.2f; break;
         case 7: r.logprobs = 1; r.top_logprobs = 2; break;
@@ -262,4 +315,228 @@ Test(beam, generate_jsonl_records_the_hypotheses) {
         cr_assert(fabs(json_number_value(json_object_get(b, "score")) - s->hyp_score[h]) < 1e-6);
     }
     cr_assert(json_equal(json_object_get(rec, "tokens"), json_object_get(json_array_get(beams, 0), "tokens")));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* no_repeat_ngram_size without beams (greedy and sampling)                                        */
+
+TestSuite(ngram, .fini = test_cleanup);
+
+typedef struct {
+    int finished;
+    gpt2_finish finish;
+    int n;
+    int tokens[MAXT];
+    char error[256];
+} gen_seen;
+
+static int on_gen(const gpt2_event *ev) {
+    gen_seen *s = ev->user;
+    if (ev->kind != GPT2_EVENT_FINISH) return 0;
+    s->finished++;
+    s->finish = ev->finish;
+    cr_assert_leq(ev->n_tokens, MAXT);
+    s->n = ev->n_tokens;
+    memcpy(s->tokens, ev->tokens, sizeof(int) * (size_t)ev->n_tokens);
+    if (ev->error) snprintf(s->error, sizeof s->error, "%s", ev->error);
+    return 0;
+}
+
+/* Whether some n-gram occurs twice in prompt + out. */
+static int has_repeat(const int *prompt, int np, const int *out, int no, int n) {
+    int seq[2 * MAXT];
+    cr_assert_leq(np + no, 2 * MAXT);
+    memcpy(seq, prompt, sizeof(int) * (size_t)np);
+    memcpy(seq + np, out, sizeof(int) * (size_t)no);
+    for (int i = 0; i + n <= np + no; i++)
+        for (int j = i + 1; j + n <= np + no; j++)
+            if (!memcmp(seq + i, seq + j, sizeof(int) * (size_t)n)) return 1;
+    return 0;
+}
+
+/* The golden greedy no_repeat_ngram_size cases of `model` on `device`, all at once in an engine of 3
+ * slots (they batch and queue), each with the ban and without it: with it, transformers' tokens;
+ * without, transformers' plain greedy tokens, which differ (so an engine that ignores the field
+ * fails). Returns the cases run. */
+static int run_greedy_ngram(const char *model, const char *device) {
+    json_t *cases = json_object_get(golden(), "greedy_ngram");
+    const size_t nc = json_array_size(cases);
+    cr_assert_gt(nc, 0, "no greedy_ngram cases in tests/data/decoding_golden.json");
+    gpt2_engine *e = engine_dev(model, 3, device);
+    gen_seen *seen = test_calloc(2 * nc, sizeof *seen);
+    int *prompts[32], n_prompt[32], ran = 0;
+    cr_assert_leq(nc, 32);
+    gpt2_error err = {0};
+    for (size_t c = 0; c < nc; c++) {
+        json_t *cs = json_array_get(cases, c);
+        if (strcmp(json_string_value(json_object_get(cs, "model")), model)) continue;
+        prompts[c] = test_keep(json_ints(json_object_get(cs, "prompt"), &n_prompt[c]), free);
+        for (int ban = 0; ban < 2; ban++) {
+            gpt2_request r = {.prompt = prompts[c], .n_prompt = n_prompt[c],
+                              .max_tokens = (int)json_integer_value(json_object_get(cs, "max_new_tokens")),
+                              .sampling = gpt2_sampling_default(), .beam = gpt2_beam_default(), .on_event = on_gen,
+                              .user = &seen[2 * c + (size_t)ban]};
+            r.sampling.repetition_penalty = (float)json_number_value(json_object_get(cs, "repetition_penalty"));
+            if (ban) r.beam.no_repeat_ngram_size = (int)json_integer_value(json_object_get(cs, "no_repeat_ngram_size"));
+            cr_assert_eq(gpt2_engine_submit(e, &r, NULL, &err), GPT2_OK, "case %zu: %s", c, err.msg);
+        }
+        ran++;
+    }
+    cr_assert_eq(gpt2_engine_run(e, &err), GPT2_OK, "%s", err.msg);
+    const int eot = gpt2_tokenizer_eot(gpt2_engine_tokenizer(e));
+    for (size_t c = 0; c < nc; c++) {
+        json_t *cs = json_array_get(cases, c);
+        if (strcmp(json_string_value(json_object_get(cs, "model")), model)) continue;
+        const int ngram = (int)json_integer_value(json_object_get(cs, "no_repeat_ngram_size"));
+        for (int ban = 0; ban < 2; ban++) {
+            gen_seen *s = &seen[2 * c + (size_t)ban];
+            int n;
+            int *want = test_keep(json_ints(json_object_get(cs, ban ? "tokens" : "tokens_without_ban"), &n), free);
+            int ends_eot = n > 0 && want[n - 1] == eot;
+            cr_assert_eq(s->finished, 1, "%s case %zu ban %d: %d FINISH events", device, c, ban, s->finished);
+            cr_assert_eq(s->finish, ends_eot ? GPT2_FINISH_STOP : GPT2_FINISH_LENGTH, "%s case %zu ban %d: %s", device,
+                         c, ban, s->error);
+            cr_assert_eq(s->n, n - ends_eot, "%s case %zu ban %d: %d tokens, transformers %d", device, c, ban, s->n,
+                         n - ends_eot);
+            for (int i = 0; i < s->n; i++)
+                cr_assert_eq(s->tokens[i], want[i], "%s case %zu (ngram %d) ban %d token %d: %d, transformers %d",
+                             device, c, ngram, ban, i, s->tokens[i], want[i]);
+        }
+        cr_assert(seen[2 * c].n != seen[2 * c + 1].n ||
+                      memcmp(seen[2 * c].tokens, seen[2 * c + 1].tokens, sizeof(int) * (size_t)seen[2 * c].n),
+                  "case %zu: the ban changed nothing, so this case cannot tell", c);
+        cr_assert(has_repeat(prompts[c], n_prompt[c], seen[2 * c].tokens, seen[2 * c].n, ngram));
+        cr_assert(!has_repeat(prompts[c], n_prompt[c], seen[2 * c + 1].tokens, seen[2 * c + 1].n, ngram),
+                  "case %zu: a %d-gram repeats despite the ban", c, ngram);
+    }
+    return ran;
+}
+
+Test(ngram, greedy_matches_transformers) {
+    cr_assert_gt(run_greedy_ngram("small", "cpu"), 3);
+    cr_assert_gt(run_greedy_ngram("tiny", "cpu"), 1);
+}
+
+/* Sampled requests (temperature 0.5, top_p 0.95, several seeds) with no_repeat_ngram_size 2 never
+ * repeat a 2-gram of prompt + output; without the ban the same seeds do, some of them. Returns the
+ * number of seeds whose output the ban changed. */
+static int run_sampled_ngram(const char *device) {
+    enum { SEEDS = 6, N = 40 };
+    gpt2_engine *e = engine_dev("small", 4, device);
+    gen_seen *seen = test_calloc(2 * SEEDS, sizeof *seen);
+    int prompt[] = {20, 188, 156, 21, 788}; /* the first golden greedy case's first 5: its greedy output loops */
+    gpt2_error err = {0};
+    for (int k = 0; k < SEEDS; k++)
+        for (int ban = 0; ban < 2; ban++) {
+            gpt2_request r = {.prompt = prompt, .n_prompt = 5, .max_tokens = N, .sampling = gpt2_sampling_default(),
+                              .beam = gpt2_beam_default(), .on_event = on_gen, .user = &seen[2 * k + ban]};
+            r.sampling.temperature = 0.5f; /* low enough that this model's loops show */
+            r.sampling.top_p = 0.95f;
+            r.sampling.seed = 1000 + (uint64_t)k;
+            r.beam.no_repeat_ngram_size = ban ? 2 : 0;
+            cr_assert_eq(gpt2_engine_submit(e, &r, NULL, &err), GPT2_OK, "%s", err.msg);
+        }
+    cr_assert_eq(gpt2_engine_run(e, &err), GPT2_OK, "%s", err.msg);
+    int repeats_without = 0, changed = 0;
+    for (int k = 0; k < SEEDS; k++) {
+        const gen_seen *plain = &seen[2 * k], *banned = &seen[2 * k + 1];
+        cr_assert_eq(plain->finished, 1);
+        cr_assert_eq(banned->finished, 1);
+        cr_assert_eq(banned->n, N, "%s seed %d: %d tokens (%s)", device, k, banned->n, banned->error);
+        cr_assert(!has_repeat(prompt, 5, banned->tokens, banned->n, 2), "%s seed %d: a 2-gram repeats", device, k);
+        repeats_without += has_repeat(prompt, 5, plain->tokens, plain->n, 2);
+        changed += plain->n != banned->n || memcmp(plain->tokens, banned->tokens, sizeof(int) * (size_t)plain->n);
+    }
+    cr_assert_gt(repeats_without, 0, "%s: no seed repeats a 2-gram without the ban: the check shows nothing", device);
+    return changed;
+}
+
+Test(ngram, sampled_output_never_repeats_an_ngram) { cr_assert_gt(run_sampled_ngram("cpu"), 0); }
+
+/* The same on the CUDA backend (the ban lists go up with the penalty histories, sample_prep_kernel
+ * sets them to -inf). */
+Test(ngram, cuda_matches_transformers_and_never_repeats) {
+    if (gpt2_cuda_device_count() == 0)
+        cr_skip_test("no CUDA GPU visible: this test runs on a GPU machine (tools/gpu_check.sh)");
+    cr_assert_gt(run_greedy_ngram("small", "cuda"), 3);
+    cr_assert_gt(run_greedy_ngram("tiny", "cuda"), 1);
+    cr_assert_gt(run_sampled_ngram("cuda"), 0);
+}
+
+/* Any decoding mode takes no_repeat_ngram_size 0..max_seq; outside, the message names the field. */
+Test(ngram, sizes_outside_the_range_name_the_field) {
+    gpt2_engine *e = engine_on("small", 2); /* max_seq: n_positions 128 */
+    int p[] = {1, 2, 3};
+    const int sizes[] = {-1, 129, 1 << 20};
+    for (int beams = 0; beams <= 2; beams += 2)
+        for (int k = 0; k < 3; k++) {
+            gpt2_request r = {.prompt = p, .n_prompt = 3, .max_tokens = 4, .sampling = gpt2_sampling_default(),
+                              .beam = gpt2_beam_default()};
+            r.beam.num_beams = beams;
+            r.beam.no_repeat_ngram_size = sizes[k];
+            gpt2_error err = {0};
+            cr_assert_eq(gpt2_engine_submit(e, &r, NULL, &err), GPT2_ERR_ARG, "beams %d size %d", beams, sizes[k]);
+            cr_assert(strstr(err.msg, "no_repeat_ngram_size"), "%s", err.msg);
+        }
+    gen_seen *s = test_calloc(1, sizeof *s);
+    gpt2_request r = {.prompt = p, .n_prompt = 3, .max_tokens = 4, .sampling = gpt2_sampling_default(),
+                      .beam = gpt2_beam_default(), .on_event = on_gen, .user = s};
+    r.beam.no_repeat_ngram_size = 128; /* longer than the sequence can get: bans nothing */
+    gpt2_error err = {0};
+    cr_assert_eq(gpt2_engine_submit(e, &r, NULL, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(gpt2_engine_run(e, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(s->n, 4);
+}
+
+/* `gpt2 generate` end to end: a JSONL line with no_repeat_ngram_size and no num_beams gives the
+ * engine's banned greedy output (held to transformers above), which differs from the same line
+ * without the field, and the two records have different fingerprints (so --resume cannot take one
+ * for the other). */
+Test(ngram, generate_jsonl_bans_without_beams) {
+    const char *prompt = "The lighthouse keeper climbed the stairs";
+    char lines[512];
+    snprintf(lines, sizeof lines,
+             "{\"id\": 1, \"prompt\": \"%s\", \"max_tokens\": 24, \"temperature\": 0, \"no_repeat_ngram_size\": 2}\n"
+             "{\"id\": 2, \"prompt\": \"%s\", \"max_tokens\": 24, \"temperature\": 0}\n",
+             prompt, prompt);
+    char in[] = "/tmp/gpt2-ngram-XXXXXX";
+    int fd = mkstemp(in);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, lines, strlen(lines)), (ssize_t)strlen(lines));
+    close(fd);
+    char cmd[512], *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s generate --model %s/tiny --device cpu --input %s 2>&1", cli_bin(), FIXTURES, in);
+    int rc = run_capture(cmd, &out);
+    unlink(in);
+    test_keep(out, free);
+    cr_assert_eq(rc, 0, "%s", out);
+    char *nl = strchr(out, '\n');
+    cr_assert(nl);
+    json_t *rec = test_keep(json_loadb(out, (size_t)(nl - out), 0, NULL), json_decref);
+    json_t *plain = test_keep(json_loads(nl + 1, 0, NULL), json_decref);
+    cr_assert(rec && plain, "%s", out);
+    cr_assert(!json_object_get(rec, "error"), "%s", out);
+
+    gpt2_engine *e = engine_on("tiny", 2);
+    int *ids;
+    size_t n_ids;
+    gpt2_error err = {0};
+    cr_assert_eq(gpt2_encode(gpt2_engine_tokenizer(e), prompt, strlen(prompt), 1, &ids, &n_ids, &err), GPT2_OK);
+    test_keep(ids, free);
+    gen_seen *s = test_calloc(1, sizeof *s);
+    gpt2_request r = {.prompt = ids, .n_prompt = (int)n_ids, .max_tokens = 24, .sampling = gpt2_sampling_default(),
+                      .beam = gpt2_beam_default(), .on_event = on_gen, .user = s};
+    r.beam.no_repeat_ngram_size = 2;
+    cr_assert_eq(gpt2_engine_submit(e, &r, NULL, &err), GPT2_OK, "%s", err.msg);
+    cr_assert_eq(gpt2_engine_run(e, &err), GPT2_OK, "%s", err.msg);
+    int n, np;
+    int *got = test_keep(json_ints(json_object_get(rec, "tokens"), &n), free);
+    int *got_plain = test_keep(json_ints(json_object_get(plain, "tokens"), &np), free);
+    cr_assert_eq(n, s->n);
+    cr_assert_eq(memcmp(got, s->tokens, sizeof(int) * (size_t)n), 0, "the record is not the engine's banned output");
+    cr_assert(!has_repeat(ids, (int)n_ids, got, n, 2));
+    cr_assert(has_repeat(ids, (int)n_ids, got_plain, np, 2), "the plain greedy output repeats no 2-gram: this "
+                                                              "prompt shows nothing");
+    cr_assert(!json_equal(json_object_get(rec, "fp"), json_object_get(plain, "fp")),
+              "the fingerprint leaves no_repeat_ngram_size out");
 }

@@ -299,3 +299,146 @@ Test(sampler, top_logprobs_row_orders_by_rank_with_ties_to_the_lower_id) {
         }
     }
 }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* no_repeat_ngram_size                                                                             */
+
+/* Whether appending t to seq (n tokens) makes its last n-gram one that seq already holds: the
+ * definition of transformers' NoRepeatNGramLogitsProcessor, checked by brute force on seq + [t]. */
+static int repeats_if_appended(const int *seq, int n, int ngram, int t) {
+    if (n + 1 < ngram) return 0;
+    int ext[64];
+    memcpy(ext, seq, sizeof(int) * (size_t)n);
+    ext[n] = t;
+    const int last = n + 1 - ngram; /* start of the new last n-gram */
+    for (int j = 0; j < last; j++) {
+        int same = 1;
+        for (int k = 0; k < ngram && same; k++) same = ext[j + k] == ext[last + k];
+        if (same) return 1;
+    }
+    return 0;
+}
+
+/* gpt2_ngram_banned against that definition on random sequences over a small alphabet (so that
+ * n-grams repeat), every n-gram size from 1 to past the length, with marks (each token once, in the
+ * order of its first window, marks set exactly for the list) and without (one entry per window). */
+Test(sampler, ngram_ban_lists_exactly_the_tokens_that_would_repeat) {
+    enum { A = 5, NV = 6 }; /* ids 0..4 in the sequences, 5 never: V = 6 */
+    uint64_t s = 99;
+    int total_banned = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        int seq[48], n = (int)(trand(&s) % 40);
+        for (int i = 0; i < n; i++) seq[i] = (int)(trand(&s) % A);
+        if (trial % 7 == 0 && n > 3) seq[n / 2] = NV + 3; /* outside the vocabulary: bans nothing */
+        for (int ngram = 0; ngram <= 6; ngram++) {
+            int seen[NV] = {0}, list[64], list_all[64];
+            int nb = gpt2_ngram_banned(seq, n, ngram, NV, seen, list);
+            int na = gpt2_ngram_banned(seq, n, ngram, NV, NULL, list_all);
+            int want_windows = 0;
+            for (int j = 0; ngram > 0 && j + ngram <= n; j++) {
+                int same = 1;
+                for (int k = 0; k < ngram - 1 && same; k++) same = seq[j + k] == seq[n - ngram + 1 + k];
+                want_windows += same && seq[j + ngram - 1] < NV;
+            }
+            cr_assert_eq(na, want_windows, "trial %d ngram %d: %d windows listed, %d match", trial, ngram, na,
+                         want_windows);
+            int want_n = 0;
+            for (int t = 0; t < NV; t++) {
+                int want = ngram > 0 && repeats_if_appended(seq, n, ngram, t);
+                want_n += want;
+                cr_assert_eq(seen[t], want, "trial %d ngram %d token %d: mark %d, should be %d", trial, ngram, t,
+                             seen[t], want);
+                int in_all = 0;
+                for (int i = 0; i < na; i++) in_all |= list_all[i] == t;
+                cr_assert_eq(in_all, want, "trial %d ngram %d token %d (no marks)", trial, ngram, t);
+            }
+            cr_assert_eq(nb, want_n, "trial %d ngram %d: %d listed, %d banned", trial, ngram, nb, want_n);
+            for (int i = 0; i < nb; i++)
+                for (int k = 0; k < i; k++) cr_assert_neq(list[i], list[k], "listed twice");
+            /* the marked list is the unmarked one without repeats, in the same order */
+            for (int i = 0, k = 0; i < na; i++) {
+                int dup = 0;
+                for (int q = 0; q < i; q++) dup |= list_all[q] == list_all[i];
+                if (!dup) cr_assert_eq(list[k++], list_all[i]);
+            }
+            total_banned += nb;
+        }
+    }
+    cr_assert_gt(total_banned, 1000, "the sequences banned almost nothing: the check shows nothing");
+}
+
+/* A row whose best tokens would repeat a 2-gram of the history: greedy takes the best one not
+ * banned, the banned logits are -inf afterwards, a 3-gram ban over the same history bans nothing,
+ * penalties still apply to the others, and sampling never draws a banned token (and draws it almost
+ * always without the ban). */
+Test(sampler, no_repeat_ngram_bans_for_greedy_and_sampling) {
+    float l[6] = {1.0f, 3.0f, 4.0f, 0.5f, 3.9f, -1.0f};
+    int hist[] = {1, 4, 2, 1, 2, 3, 1}; /* ends with 1; (1, 4) and (1, 2) were seen: 4 and 2 are banned */
+    gpt2_sampling p = gpt2_sampling_default();
+    gpt2_sample_scratch s;
+    cr_assert_eq(gpt2_sample_scratch_init(&s, 6), 0);
+    float w[6];
+    memcpy(w, l, sizeof w);
+    gpt2_sample_req r = {.p = &p, .history = hist, .n_history = 7, .n_prompt = 2, .no_repeat_ngram = 2};
+    cr_assert_eq(gpt2_sample_row(w, 6, &r, &s), 1, "the best token not banned");
+    cr_assert(isinf(w[4]) && w[4] < 0 && isinf(w[2]) && w[2] < 0, "banned: %g %g", (double)w[4], (double)w[2]);
+    cr_assert_eq(w[1], 3.0f);
+    for (int i = 0; i < 6; i++) cr_assert_eq(s.count[i], 0, "scratch marks left set");
+    r.no_repeat_ngram = 0;
+    memcpy(w, l, sizeof w);
+    cr_assert_eq(gpt2_sample_row(w, 6, &r, &s), 2, "without the ban: the argmax");
+    r.no_repeat_ngram = 3; /* (3, 1, x) never occurred: nothing banned */
+    memcpy(w, l, sizeof w);
+    cr_assert_eq(gpt2_sample_row(w, 6, &r, &s), 2);
+    /* ... 3, 4 now: (4, 2) was seen, so only 2 is banned; with a repetition penalty of 2 over
+     * {1, 2, 3, 4}: 1 -> 1.5, 4 -> 1.95, 0 (unseen) stays 1.0 */
+    hist[6] = 4;
+    l[2] = 9.0f;
+    p.repetition_penalty = 2.0f;
+    r.no_repeat_ngram = 2;
+    memcpy(w, l, sizeof w);
+    cr_assert_eq(gpt2_sample_row(w, 6, &r, &s), 4);
+    cr_assert(isinf(w[2]) && w[2] < 0);
+    cr_assert_float_eq(w[4], 1.95f, 1e-6);
+    cr_assert_float_eq(w[1], 1.5f, 1e-6);
+    cr_assert_float_eq(w[0], 1.0f, 1e-6);
+    /* sampling: 2 holds about 99% of the mass */
+    p.repetition_penalty = 1.0f;
+    p.temperature = 1.0f;
+    int drawn_with = 0, drawn_without = 0;
+    for (int k = 0; k < 400; k++) {
+        p.seed = (uint64_t)k;
+        for (int ban = 0; ban < 2; ban++) {
+            memcpy(w, l, sizeof w);
+            r.no_repeat_ngram = ban ? 2 : 0;
+            int t = gpt2_sample_row(w, 6, &r, &s);
+            cr_assert(t >= 0 && t < 6);
+            if (t == 2) ++*(ban ? &drawn_with : &drawn_without);
+        }
+    }
+    cr_assert_eq(drawn_with, 0, "a banned token was drawn %d times", drawn_with);
+    cr_assert_gt(drawn_without, 300);
+    gpt2_sample_scratch_free(&s);
+}
+
+/* When the ban takes every token (no_repeat_ngram_size 1 over a history holding the whole
+ * vocabulary): greedy gives 0, as torch's argmax of an all -inf row; sampling cannot draw and says
+ * so (GPT2_SAMPLE_NONFINITE; transformers' softmax is NaN there). */
+Test(sampler, ban_of_every_token) {
+    float l[3] = {0.5f, 2.0f, 1.0f};
+    int hist[] = {2, 0, 1};
+    gpt2_sampling p = gpt2_sampling_default();
+    gpt2_sample_scratch s;
+    cr_assert_eq(gpt2_sample_scratch_init(&s, 3), 0);
+    gpt2_sample_req r = {.p = &p, .history = hist, .n_history = 3, .n_prompt = 1, .no_repeat_ngram = 1};
+    float w[3];
+    memcpy(w, l, sizeof w);
+    cr_assert_eq(gpt2_sample_row(w, 3, &r, &s), 0);
+    p.temperature = 0.7f;
+    memcpy(w, l, sizeof w);
+    cr_assert_eq(gpt2_sample_row(w, 3, &r, &s), GPT2_SAMPLE_NONFINITE);
+    r.n_history = 2; /* 1 not seen yet: the only token left */
+    memcpy(w, l, sizeof w);
+    cr_assert_eq(gpt2_sample_row(w, 3, &r, &s), 1);
+    gpt2_sample_scratch_free(&s);
+}

@@ -470,8 +470,9 @@ def tree_size(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# --decoding: beam search and scoring goldens (tests/data/decoding_golden.json), made by transformers'
-# own generate(num_beams=...) and forward over the committed fixture models, plus the "beam-eot"
+# --decoding: beam search, greedy no_repeat_ngram_size and scoring goldens
+# (tests/data/decoding_golden.json), made by transformers' own generate(num_beams=...),
+# generate(no_repeat_ngram_size=...) and forward over the committed fixture models, plus the "beam-eot"
 # model: tiny-like, its end-of-text embedding row scaled by -4 so that end-of-text is often among the
 # beams' candidates (in the other 50257-vocab fixtures its logit never ranks near the top; with this
 # scale it is the most likely token at about 4% of positions), for the end-of-text cases. Existing models and their golden.json files are left as they are.
@@ -498,6 +499,44 @@ BEAM_CASES = [
     ("beam-eot", 6, 4, 0.0, False, 2, 10, 4),
     ("beam-eot", 5, 2, 2.0, "never", 0, 12, 2),
 ]
+
+
+# Greedy (num_beams 1, do_sample=False) with no_repeat_ngram_size: (model, prompt length,
+# no_repeat_ngram_size, max_new_tokens, repetition_penalty). Prompts are drawn per case until the
+# plain greedy continuation (same penalty, no ban) repeats an n-gram of that size, so that the ban
+# changes the output, and until every step of the banned run has a top-2 gap over the processed
+# scores (banned tokens at -inf) of at least --min-gap.
+GREEDY_NGRAM_CASES = [
+    ("small", 6, 2, 20, 1.0),
+    ("small", 6, 3, 24, 1.0),
+    ("small", 4, 1, 12, 1.0),
+    ("small", 5, 2, 16, 1.3),
+    ("tiny", 6, 2, 20, 1.0),
+    ("tiny", 5, 3, 24, 1.0),
+]
+
+
+def greedy_generate(model, ids, ngram, max_new, rep, eos):
+    """transformers' greedy continuation of ids and the smallest top-2 gap of its processed scores."""
+    import torch
+    kw = dict(num_beams=1, do_sample=False, max_new_tokens=max_new, eos_token_id=eos,
+              pad_token_id=eos if eos is not None else 0, return_dict_in_generate=True,
+              output_scores=True)
+    if ngram:
+        kw["no_repeat_ngram_size"] = ngram
+    if rep != 1.0:
+        kw["repetition_penalty"] = rep
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), **kw)
+    toks = out.sequences[0, len(ids):].tolist()
+    gap = min(float(t[0] - t[1]) for t in (torch.topk(sc[0], 2).values for sc in out.scores))
+    return toks, gap
+
+
+def repeats_ngram(seq, n):
+    """Whether some n-gram occurs twice in seq."""
+    grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    return len(set(grams)) < len(grams)
 
 
 def make_beam_eot_model(out_root, tok_dir, seed):
@@ -551,7 +590,7 @@ def beam_generate(model, ids, nb, lp, es, ngram, max_new, n, eos, noise=None):
         k = int((out.beam_indices[i] >= 0).sum())  # generated length of this hypothesis
         toks = out.sequences[i, P:P + k].tolist()
         res.append({"tokens": toks, "score": float(out.sequences_scores[i])})
-    return res
+    return res, len(out.scores)  # scores: one entry per step the search ran
 
 
 def make_decoding_golden(args, enc):
@@ -563,7 +602,7 @@ def make_decoding_golden(args, enc):
         spec = MODELS.get(name, BEAM_EOT_SPEC)
         models[name] = load_oracle(os.path.join(out_root, name), spec)
     golden = {"source": "transformers %s, torch %s, GPT2LMHeadModel float32 eager; generate(num_beams, "
-                        "do_sample=False, ...) and forward" % (__import__("transformers").__version__,
+                        "do_sample=False, ...), generate(do_sample=False, no_repeat_ngram_size, ...) and forward" % (__import__("transformers").__version__,
                                                                torch.__version__),
               "beam_eot_scale": BEAM_EOT_SPEC["eot_scale"], "beams": [], "score": []}
     # scoring: the perplexity guide's windows over texts on "tiny" (n_positions 64)
@@ -589,12 +628,12 @@ def make_decoding_golden(args, enc):
         eos = EOT if V > EOT else None
         for attempt in range(60):
             ids = [int(x) for x in gen.integers(0, min(V, EOT), size=P)]
-            res = beam_generate(model, ids, nb, lp, es, ngram, max_new, n, eos)
+            res, steps = beam_generate(model, ids, nb, lp, es, ngram, max_new, n, eos)
             if name == "beam-eot" and not any(h["tokens"] and h["tokens"][-1] == EOT for h in res):
                 continue
             # robust: the same hypotheses when every log-probability moves by up to 1e-3
             if all([h["tokens"] for h in beam_generate(model, ids, nb, lp, es, ngram, max_new, n, eos,
-                                                       _Noise(1e-3, 1000 * ci + k))] ==
+                                                       _Noise(1e-3, 1000 * ci + k))[0]] ==
                    [h["tokens"] for h in res] for k in range(2)):
                 break
             print("  beam case %d: not robust to 1e-3 noise, another prompt" % ci, flush=True)
@@ -602,9 +641,39 @@ def make_decoding_golden(args, enc):
             raise RuntimeError("beam case %d: no prompt found" % ci)
         golden["beams"].append({"model": name, "prompt": ids, "num_beams": nb, "length_penalty": lp,
                                 "early_stopping": es, "no_repeat_ngram_size": ngram,
-                                "max_new_tokens": max_new, "n": n, "eos": eos, "hypotheses": res})
-        print("  beam case %d (%s, %d beams): %s" % (ci, name, nb,
-                                                    [(len(h["tokens"]), round(h["score"], 4)) for h in res]))
+                                "max_new_tokens": max_new, "n": n, "eos": eos, "hypotheses": res,
+                                "steps": steps})
+        print("  beam case %d (%s, %d beams): %d steps, %s" % (ci, name, nb, steps,
+                                                              [(len(h["tokens"]), round(h["score"], 4))
+                                                               for h in res]))
+    # greedy with no_repeat_ngram_size (own random stream: the beam cases' prompts stay as they were)
+    golden["greedy_ngram"] = []
+    gen = np.random.default_rng(args.seed + 78)
+    for ci, (name, P, ngram, max_new, rep) in enumerate(GREEDY_NGRAM_CASES):
+        model = models[name]
+        V = model.config.vocab_size
+        eos = EOT if V > EOT else None
+        for attempt in range(300):
+            ids = [int(x) for x in gen.integers(0, min(V, EOT), size=P)]
+            plain, plain_gap = greedy_generate(model, ids, 0, max_new, rep, eos)
+            if not repeats_ngram(ids + plain, ngram) or plain_gap < args.min_gap:
+                continue  # the ban would change nothing, or the plain run is not a robust reference
+            toks, gap = greedy_generate(model, ids, ngram, max_new, rep, eos)
+            if toks == plain:
+                raise RuntimeError("greedy case %d: the ban changed nothing although %r repeats a %d-gram"
+                                   % (ci, ids + plain, ngram))
+            if repeats_ngram(ids + toks, ngram):
+                raise RuntimeError("greedy case %d: transformers' output repeats a %d-gram" % (ci, ngram))
+            if gap >= args.min_gap:
+                break
+        else:
+            raise RuntimeError("greedy case %d: no prompt found" % ci)
+        golden["greedy_ngram"].append({"model": name, "prompt": ids, "no_repeat_ngram_size": ngram,
+                                       "max_new_tokens": max_new, "repetition_penalty": rep, "eos": eos,
+                                       "tokens": toks, "tokens_without_ban": plain,
+                                       "min_top2_gap": min(gap, plain_gap)})
+        print("  greedy case %d (%s, ngram %d, rep %g): %d tokens, %d differ from plain greedy, gap %.4g"
+              % (ci, name, ngram, rep, len(toks), sum(a != b for a, b in zip(toks, plain)), gap))
     path = os.path.join(REPO_ROOT, DECODING_GOLDEN_REL)
     with open(path, "w") as f:
         json.dump(golden, f, indent=1, sort_keys=True)
