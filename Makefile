@@ -2,6 +2,10 @@
 # `make test` runs the tests; `make install PREFIX=...` installs the library, its header and gpt2.pc.
 # CUDA sources compile in when nvcc is found (override with CUDA=0 or NVCC=/path/to/nvcc).
 
+# `make` alone builds `all` (declared below, after rules such as the MPI stamp's that would otherwise
+# become the default goal).
+.DEFAULT_GOAL := all
+
 CC      ?= cc
 BUILD   ?= build
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })

@@ -62,6 +62,22 @@ static json_t *read_jsonl(const char *path) {
     return arr;
 }
 
+/* `make` with no target builds the CLI and the libraries (the README's build step): a rule placed
+ * above `all` once became the default goal, and plain `make` only touched a stamp file. A dry run into
+ * a fresh build folder lists every command the default goal would run. */
+Test(cli, plain_make_builds_the_cli_and_libraries) {
+    char cmd[256], want[3][96];
+    snprintf(cmd, sizeof cmd, "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -n BUILD=%s/b 2>&1", tmpdir);
+    char *out = NULL;
+    int rc = run_capture(cmd, &out);
+    cr_assert_eq(rc, 0, "%s: exit %d: %s", cmd, rc, out);
+    snprintf(want[0], sizeof want[0], "-o %s/b/gpt2 ", tmpdir);
+    snprintf(want[1], sizeof want[1], "%s/b/libgpt2.a", tmpdir);
+    snprintf(want[2], sizeof want[2], "-o %s/b/libgpt2.so", tmpdir);
+    for (int i = 0; i < 3; i++) cr_assert(strstr(out, want[i]), "plain make does not build '%s':\n%.2000s", want[i], out);
+    free(out);
+}
+
 Test(cli, usage_and_bad_options) {
     cr_assert_eq(run_cli("--help", NULL), 0);
     cr_assert_eq(run_cli("generate --help", NULL), 0);
