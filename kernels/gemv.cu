@@ -249,6 +249,13 @@ __global__ void __launch_bounds__(GV_THREADS)
 
 static int vec_of(gpt2_dtype dt) { return dt == GPT2_DTYPE_F32 ? 4 : 8; }
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+/* Whether the byte ranges [a, a + na) and [b, b + nb) meet (NULL meets nothing). Every block reads
+ * the whole input (all its rows, and whole rows for the fused layernorm) while other blocks already
+ * store outputs, so an output over the input would be a race between blocks: refused. */
+static bool overlap(const void *a, size_t na, const void *b, size_t nb) {
+    const uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return a && b && x < y + nb && y < x + na;
+}
 
 extern "C" int gemv_pick_ksplit(int K, int OC, gpt2_dtype dtype, int n_sm) {
     if (K < 1 || OC < 1) return 1;
@@ -306,6 +313,8 @@ extern "C" cudaError_t gemv_forward_cuda(void *out, const void *inp, const void 
         return cudaErrorInvalidValue;
     if ((!out && !f->resid) || !inp || !w || (!f->ln_w != !f->ln_b) || (f->resid && gelu))
         return cudaErrorInvalidValue;
+    const size_t es = dtype == GPT2_DTYPE_F32 ? 4 : 2, in_b = (size_t)M * K * es, out_b = (size_t)M * OC * es;
+    if (overlap(inp, in_b, f->resid ? f->resid : out, out_b)) return cudaErrorInvalidValue;
     /* rows per split: a multiple of 4 (the float4 reads of xs), at most what shared memory holds */
     int kc = (K + ksplit - 1) / ksplit;
     kc = (kc + 3) & ~3;
@@ -359,6 +368,8 @@ extern "C" cudaError_t gemv_nt_forward_cuda(float *out, int ldo, const void *inp
                                             cudaStream_t stream) {
     if (M < 1 || M > GPT2_GEMV_MAX_M || K < 1 || N < 1 || ldo < N) return cudaErrorInvalidValue;
     if (!out || !inp || !w || (!ln_w != !ln_b)) return cudaErrorInvalidValue;
+    const size_t es = dtype == GPT2_DTYPE_F32 ? 4 : 2;
+    if (overlap(inp, (size_t)M * K * es, out, ((size_t)(M - 1) * ldo + N) * sizeof(float))) return cudaErrorInvalidValue;
     const int vec = vec_of(dtype);
     const bool wide = K % vec == 0 && aligned16(w);
     return dispatch_dtype(dtype, [&](auto tag) {

@@ -52,7 +52,9 @@ typedef struct {
  * the partials in split order (so the result does not depend on which block ran first), applies the
  * epilogue and resets its counter to 0. counters (n_counters >= gemv_counters(OC)) must be all zero
  * before the first launch; every launch leaves them zero. Launches on one stream must not overlap
- * (they share the counters and scratch). No host synchronisation: CUDA-graph capturable. */
+ * (they share the counters and scratch). No host synchronisation: CUDA-graph capturable. The output
+ * (out, or resid when set) must not overlap inp: every block reads all of inp while others store
+ * (refused, cudaErrorInvalidValue). */
 cudaError_t gemv_forward_cuda(void *out, const void *inp, const void *w, const void *bias, int M, int K, int OC,
                               int gelu, const gemv_fusion *fuse, int ksplit, float *scratch, size_t scratch_floats,
                               unsigned *counters, size_t n_counters, gpt2_dtype dtype, cudaStream_t stream);
@@ -60,7 +62,8 @@ cudaError_t gemv_forward_cuda(void *out, const void *inp, const void *w, const v
 /* out (M, ldo) float, columns 0..N-1 = inp (M, K) @ w^T with w (N, K) in T; M in 1..GPT2_GEMV_MAX_M,
  * ldo >= N. Each warp computes 4 output columns for all M rows (every weight read once, each input
  * vector read from shared memory once per 4 columns), lanes along K. ln_w, ln_b (K) or NULL: the
- * input rows are layer-normalised first, as gemv_fusion's ln_w (the final layernorm). */
+ * input rows are layer-normalised first, as gemv_fusion's ln_w (the final layernorm). out must not
+ * overlap inp (refused). */
 cudaError_t gemv_nt_forward_cuda(float *out, int ldo, const void *inp, const void *w, int M, int K, int N,
                                  const void *ln_w, const void *ln_b, float ln_eps, gpt2_dtype dtype,
                                  cudaStream_t stream);
