@@ -282,34 +282,26 @@ Test(serve, chunked_body_over_limit) {
     json_decref(run_case_json("chunked_body", "100000"));
 }
 
-/* SIGTERM: the running stream finishes, no new connection is taken, exit 0. */
-Test(serve, sigterm_drains) {
+/* A signal while a stream runs (client case `drain`, args "PID HOW": HOW says what the stream should
+ * see and which signal), then the server's exit status 0. */
+static void check_drain(const char *server_args, const char *how, const char *after) {
     need_openai();
-    start_server("--step-delay-ms 20");
+    start_server(server_args);
     char pid[32];
-    snprintf(pid, sizeof pid, "%d full", (int)g_pid);
+    snprintf(pid, sizeof pid, "%d %s", (int)g_pid, how);
     json_decref(run_case_json("drain", pid));
-    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after draining");
+    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 %s", after);
 }
 
+/* SIGTERM: the running stream finishes, no new connection is taken, exit 0. */
+Test(serve, sigterm_drains) { check_drain("--step-delay-ms 20", "full", "after draining"); }
+
 /* SIGINT (Ctrl-C) drains the same way. */
-Test(serve, sigint_drains) {
-    need_openai();
-    start_server("--step-delay-ms 20");
-    char pid[32];
-    snprintf(pid, sizeof pid, "%d full INT", (int)g_pid);
-    json_decref(run_case_json("drain", pid));
-    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after draining on SIGINT");
-}
+Test(serve, sigint_drains) { check_drain("--step-delay-ms 20", "full INT", "after draining on SIGINT"); }
 
 /* SIGTERM with a short deadline: the stream is cut with an error event, still exit 0. */
 Test(serve, sigterm_deadline_cancels) {
-    need_openai();
-    start_server("--step-delay-ms 50 --drain-timeout 0.3");
-    char pid[32];
-    snprintf(pid, sizeof pid, "%d cut", (int)g_pid);
-    json_decref(run_case_json("drain", pid));
-    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after the drain deadline");
+    check_drain("--step-delay-ms 50 --drain-timeout 0.3", "cut", "after the drain deadline");
 }
 
 Test(serve, bad_options) {
