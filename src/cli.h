@@ -27,6 +27,13 @@ void cli_common_init(cli_common *c);
  * the environment had GPT2_CUDA_GRAPHS=0 (cli_common_init reads it; the library reads no environment). */
 gpt2_engine_opts cli_engine_opts(const cli_common *c);
 
+/* Engine options (cli_engine_opts) for `want` sequences at once (a beam search counts one per beam) of
+ * at most max_seq positions: `batch` slots (--batch; 0: 64 on a GPU, 8 on the CPU), no more than want
+ * (at least 1) and no fewer than min_slots; a step budget of the slots plus gpu_step_tokens tokens on a
+ * GPU, plus 256 on the CPU. */
+gpt2_engine_opts cli_batch_opts(const cli_common *c, int batch, long want, int min_slots, int max_seq,
+                                int gpu_step_tokens);
+
 /* getopt_long codes of the common options, and their table entries. */
 enum { OPT_MODEL = 'm', OPT_TOKENIZER = 1000, OPT_DEVICE, OPT_DTYPE, OPT_TF32, OPT_THREADS, OPT_HELP = 'h' };
 #define CLI_COMMON_OPTIONS                                                                                     \

@@ -16,6 +16,19 @@ void cli_common_init(cli_common *c) {
     c->no_cuda_graphs = g && !strcmp(g, "0");
 }
 
+gpt2_engine_opts cli_batch_opts(const cli_common *c, int batch, long want, int min_slots, int max_seq,
+                                int gpu_step_tokens) {
+    int cuda = strcmp(c->device, "cpu") && gpt2_cuda_device_count() > 0;
+    int slots = batch ? batch : cuda ? 64 : 8;
+    if (slots > want) slots = want > 0 ? (int)want : 1;
+    if (slots < min_slots) slots = min_slots;
+    gpt2_engine_opts o = cli_engine_opts(c);
+    o.max_slots = slots;
+    o.max_seq = max_seq;
+    o.max_tokens = slots + (cuda ? gpu_step_tokens : 256);
+    return o;
+}
+
 /* getopt's short-option string from the table: an entry whose code is a letter (e.g. 'n' for
  * --max-tokens) is also its short form. getopt_long then takes option values as given, so a value
  * that looks like a flag (`--prompt -n`) is still a value, and nothing rewrites argv. */

@@ -1031,7 +1031,6 @@ static void free_jobs(batch *b) {
  * than the longest request needs. */
 static gpt2_engine_opts plan_opts(const cli_common *c, const gen_args *a, const gpt2_model *m,
                                   const gpt2_request *reqs, int n_reqs) {
-    int cuda = strcmp(c->device, "cpu") && gpt2_cuda_device_count() > 0;
     int longest = 2;
     for (int i = 0; i < n_reqs; i++) {
         long need = (long)reqs[i].n_prompt + (reqs[i].max_tokens > 0 ? reqs[i].max_tokens : 1);
@@ -1044,14 +1043,7 @@ static gpt2_engine_opts plan_opts(const cli_common *c, const gen_args *a, const 
         want += k;
         if (k > most_beams) most_beams = k;
     }
-    int slots = a->batch ? a->batch : cuda ? 64 : 8;
-    if (slots > want) slots = want > 0 ? (int)want : 1;
-    if (slots < most_beams) slots = most_beams;
-    gpt2_engine_opts o = cli_engine_opts(c);
-    o.max_slots = slots;
-    o.max_seq = longest;
-    o.max_tokens = slots + (cuda ? 4096 : 256);
-    return o;
+    return cli_batch_opts(c, a->batch, want, most_beams, longest, 4096);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -251,12 +251,7 @@ int cmd_score(int argc, char **argv) {
     }
 
     if (n_wins > 0) {
-        gpt2_engine_opts o = cli_engine_opts(&c);
-        int cuda = strcmp(c.device, "cpu") && gpt2_cuda_device_count() > 0;
-        o.max_slots = a.batch ? a.batch : cuda ? 64 : 8;
-        if ((size_t)o.max_slots > n_wins) o.max_slots = (int)n_wins;
-        o.max_seq = maxT;
-        o.max_tokens = o.max_slots + (cuda ? 2048 : 256);
+        gpt2_engine_opts o = cli_batch_opts(&c, a.batch, (long)n_wins, 1, maxT, 2048);
         o.logits = 1; /* a logits row per token of the windows */
         if (gpt2_engine_create_from(m, tok, &o, &e, &err) != GPT2_OK) {
             cli_report("score", &err);

@@ -115,6 +115,29 @@ typedef struct {
     int n_tiles;
 } step_t;
 
+/* The dimensions a forward reads, from the model's config and the backend's options. */
+typedef struct {
+    gpt2_dtype dt;      /* storage type of weights, activations and cache */
+    size_t es;          /* bytes per element of dt */
+    int C, NH, HS;      /* channels, heads, head size (C / NH) */
+    int L, V;           /* layers, vocabulary */
+    int n_positions;    /* the position table's length */
+    int S, maxT;        /* cache slots, positions per slot */
+    float eps;          /* layernorm epsilon */
+    size_t layer_cache; /* elements of one layer's K (or V) cache: (S, NH, maxT, HS) */
+} fwd_shape;
+
+static fwd_shape fwd_shape_of(const gpt2_backend *be) {
+    const gpt2_config *c = &be->model->cfg;
+    fwd_shape d = {.dt = be->opts.dtype, .C = c->n_embd, .NH = c->n_head, .L = c->n_layer, .V = c->vocab_size,
+                   .n_positions = c->n_positions, .S = be->opts.max_slots, .maxT = be->opts.max_seq,
+                   .eps = c->layer_norm_epsilon};
+    d.es = gpt2_cuda_dtype_size(d.dt);
+    d.HS = d.C / d.NH;
+    d.layer_cache = (size_t)d.S * (size_t)d.maxT * (size_t)d.C;
+    return d;
+}
+
 /* Element offset e of a tensor in the storage type. */
 static void *at(void *base, size_t e, size_t es) { return (char *)base + e * es; }
 
@@ -141,38 +164,33 @@ static gpt2_status gemv_fused(gpt2_cuda_ctx *x, gpt2_dtype dt, void *out, const 
  * The values stored in T are those of enqueue_forward (layernorm outputs rounded to T before the
  * product), except that a projection joins the residual unrounded (one rounding instead of two). */
 static gpt2_status enqueue_decode_fused(gpt2_cuda_ctx *x, const gpt2_backend *be, const step_t *s, gpt2_error *err) {
-    const gpt2_config *c = &be->model->cfg;
-    const gpt2_dtype dt = be->opts.dtype;
-    const size_t es = gpt2_cuda_dtype_size(dt);
-    const int C = c->n_embd, NH = c->n_head, HS = C / NH, L = c->n_layer, V = c->vocab_size;
-    const int S = be->opts.max_slots, maxT = be->opts.max_seq, N = s->N;
-    const float eps = c->layer_norm_epsilon;
-    const size_t layer_cache = (size_t)S * (size_t)maxT * (size_t)C; /* (S, NH, maxT, HS) */
+    const fwd_shape d = fwd_shape_of(be);
+    const int N = s->N;
     cudaStream_t st = x->stream;
     gpt2_status r;
 
-    CUDA_CHECK(encoder_forward_cuda(x->a.resid, s->tok, s->pos, W(WTE), W(WPE), N, C, V, c->n_positions, dt, st));
-    for (int l = 0; l < L; l++) {
-        const size_t lc = (size_t)l * C;
-        void *kc = at(x->kv.k, (size_t)l * layer_cache, es), *vc = at(x->kv.v, (size_t)l * layer_cache, es);
-        if ((r = gemv_fused(x, dt, x->a.qkv, x->a.resid, at(W(QKVW), 3 * lc * C, es), NULL, 0, at(W(LN1W), lc, es),
-                            at(W(LN1B), lc, es), eps, NULL, N, C, 3 * C, err)))
+    CUDA_CHECK(encoder_forward_cuda(x->a.resid, s->tok, s->pos, W(WTE), W(WPE), N, d.C, d.V, d.n_positions, d.dt, st));
+    for (int l = 0; l < d.L; l++) {
+        const size_t lc = (size_t)l * d.C;
+        void *kc = at(x->kv.k, (size_t)l * d.layer_cache, d.es), *vc = at(x->kv.v, (size_t)l * d.layer_cache, d.es);
+        if ((r = gemv_fused(x, d.dt, x->a.qkv, x->a.resid, at(W(QKVW), 3 * lc * d.C, d.es), NULL, 0,
+                            at(W(LN1W), lc, d.es), at(W(LN1B), lc, d.es), d.eps, NULL, N, d.C, 3 * d.C, err)))
             return r;
-        CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, at(W(QKVB), 3 * lc, es), kc, vc, s->slot, s->pos, N, NH,
-                                         HS, maxT, S, 1, x->a.attn_scratch, x->plan.attn_scratch_floats,
-                                         x->a.attn_counters, x->plan.attn_n_counters, dt, st));
-        if ((r = gemv_fused(x, dt, NULL, x->a.att, at(W(ATTPROJW), lc * C, es), at(W(ATTPROJB), lc, es), 0, NULL,
-                            NULL, 0.0f, x->a.resid, N, C, C, err)))
+        CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, at(W(QKVB), 3 * lc, d.es), kc, vc, s->slot, s->pos, N,
+                                         d.NH, d.HS, d.maxT, d.S, 1, x->a.attn_scratch, x->plan.attn_scratch_floats,
+                                         x->a.attn_counters, x->plan.attn_n_counters, d.dt, st));
+        if ((r = gemv_fused(x, d.dt, NULL, x->a.att, at(W(ATTPROJW), lc * d.C, d.es), at(W(ATTPROJB), lc, d.es), 0,
+                            NULL, NULL, 0.0f, x->a.resid, N, d.C, d.C, err)))
             return r;
-        if ((r = gemv_fused(x, dt, x->a.fch, x->a.resid, at(W(FCW), 4 * lc * C, es), at(W(FCB), 4 * lc, es), 1,
-                            at(W(LN2W), lc, es), at(W(LN2B), lc, es), eps, NULL, N, C, 4 * C, err)))
+        if ((r = gemv_fused(x, d.dt, x->a.fch, x->a.resid, at(W(FCW), 4 * lc * d.C, d.es), at(W(FCB), 4 * lc, d.es),
+                            1, at(W(LN2W), lc, d.es), at(W(LN2B), lc, d.es), d.eps, NULL, N, d.C, 4 * d.C, err)))
             return r;
-        if ((r = gemv_fused(x, dt, NULL, x->a.fch, at(W(FCPROJW), 4 * lc * C, es), at(W(FCPROJB), lc, es), 0, NULL,
-                            NULL, 0.0f, x->a.resid, N, 4 * C, C, err)))
+        if ((r = gemv_fused(x, d.dt, NULL, x->a.fch, at(W(FCPROJW), 4 * lc * d.C, d.es), at(W(FCPROJB), lc, d.es), 0,
+                            NULL, NULL, 0.0f, x->a.resid, N, 4 * d.C, d.C, err)))
             return r;
     }
-    CUDA_CHECK(gemv_nt_forward_cuda(x->a.logits, x->plan.Vp, x->a.resid, W(LMHEAD), N, C, x->plan.Vp, W(LNFW), W(LNFB),
-                                    eps, dt, st));
+    CUDA_CHECK(gemv_nt_forward_cuda(x->a.logits, x->plan.Vp, x->a.resid, W(LMHEAD), N, d.C, x->plan.Vp, W(LNFW),
+                                    W(LNFB), d.eps, d.dt, st));
     return GPT2_OK;
 }
 
@@ -180,50 +198,49 @@ static gpt2_status enqueue_decode_fused(gpt2_cuda_ctx *x, const gpt2_backend *be
 static gpt2_status enqueue_forward(gpt2_cuda_ctx *x, const gpt2_backend *be, const step_t *s, gpt2_error *err) {
     if (s->decode && s->N <= x->plan.gemv_max_rows && s->rows == s->N && !s->out_row)
         return enqueue_decode_fused(x, be, s, err);
-    const gpt2_config *c = &be->model->cfg;
-    const gpt2_dtype dt = be->opts.dtype;
-    const size_t es = gpt2_cuda_dtype_size(dt);
-    const int C = c->n_embd, NH = c->n_head, HS = C / NH, L = c->n_layer, V = c->vocab_size;
-    const int S = be->opts.max_slots, maxT = be->opts.max_seq, N = s->N;
-    const float eps = c->layer_norm_epsilon;
-    const size_t layer_cache = (size_t)S * (size_t)maxT * (size_t)C; /* (S, NH, maxT, HS) */
+    const fwd_shape d = fwd_shape_of(be);
+    const int N = s->N;
     cudaStream_t st = x->stream;
     gpt2_status r;
 
-    CUDA_CHECK(encoder_forward_cuda(x->a.resid, s->tok, s->pos, W(WTE), W(WPE), N, C, V, c->n_positions, dt, st));
-    CUDA_CHECK(layernorm_forward_cuda(x->a.ln, x->a.resid, W(LN1W), W(LN1B), N, C, eps, dt, st));
-    for (int l = 0; l < L; l++) {
-        const size_t lc = (size_t)l * C;
-        void *kc = at(x->kv.k, (size_t)l * layer_cache, es), *vc = at(x->kv.v, (size_t)l * layer_cache, es);
-        void *qkvb = at(W(QKVB), 3 * lc, es);
+    CUDA_CHECK(encoder_forward_cuda(x->a.resid, s->tok, s->pos, W(WTE), W(WPE), N, d.C, d.V, d.n_positions, d.dt, st));
+    CUDA_CHECK(layernorm_forward_cuda(x->a.ln, x->a.resid, W(LN1W), W(LN1B), N, d.C, d.eps, d.dt, st));
+    for (int l = 0; l < d.L; l++) {
+        const size_t lc = (size_t)l * d.C;
+        void *kc = at(x->kv.k, (size_t)l * d.layer_cache, d.es), *vc = at(x->kv.v, (size_t)l * d.layer_cache, d.es);
+        void *qkvb = at(W(QKVB), 3 * lc, d.es);
 
-        if ((r = linear(x, dt, x->a.qkv, x->a.ln, at(W(QKVW), 3 * lc * C, es), NULL, 0, N, C, 3 * C, err))) return r;
+        if ((r = linear(x, d.dt, x->a.qkv, x->a.ln, at(W(QKVW), 3 * lc * d.C, d.es), NULL, 0, N, d.C, 3 * d.C, err)))
+            return r;
         if (s->decode) { /* the new K and V are appended by the attention kernel itself */
-            CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->slot, s->pos, N, NH, HS, maxT, S, 1,
-                                             x->a.attn_scratch, x->plan.attn_scratch_floats, x->a.attn_counters,
-                                             x->plan.attn_n_counters, dt, st));
+            CUDA_CHECK(attention_decode_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->slot, s->pos, N, d.NH, d.HS, d.maxT,
+                                             d.S, 1, x->a.attn_scratch, x->plan.attn_scratch_floats,
+                                             x->a.attn_counters, x->plan.attn_n_counters, d.dt, st));
         } else {
-            CUDA_CHECK(kv_append_cuda(kc, vc, x->a.qkv, qkvb, s->slot, s->pos, N, NH, HS, maxT, S, dt, st));
-            CUDA_CHECK(attention_prefill_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->chunks, s->tiles, s->n_tiles, NH,
-                                              HS, maxT, S, dt, st));
+            CUDA_CHECK(kv_append_cuda(kc, vc, x->a.qkv, qkvb, s->slot, s->pos, N, d.NH, d.HS, d.maxT, d.S, d.dt, st));
+            CUDA_CHECK(attention_prefill_cuda(x->a.att, x->a.qkv, qkvb, kc, vc, s->chunks, s->tiles, s->n_tiles, d.NH,
+                                              d.HS, d.maxT, d.S, d.dt, st));
         }
-        if ((r = linear(x, dt, x->a.tmp, x->a.att, at(W(ATTPROJW), lc * C, es), NULL, 0, N, C, C, err))) return r;
-        CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(ATTPROJB), lc, es), NULL,
-                                                   at(W(LN2W), lc, es), at(W(LN2B), lc, es), N, C, eps, dt, st));
-        if ((r = linear(x, dt, x->a.fch, x->a.ln, at(W(FCW), 4 * lc * C, es), at(W(FCB), 4 * lc, es), 1, N, C, 4 * C,
+        if ((r = linear(x, d.dt, x->a.tmp, x->a.att, at(W(ATTPROJW), lc * d.C, d.es), NULL, 0, N, d.C, d.C, err)))
+            return r;
+        CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(ATTPROJB), lc, d.es), NULL,
+                                                   at(W(LN2W), lc, d.es), at(W(LN2B), lc, d.es), N, d.C, d.eps, d.dt,
+                                                   st));
+        if ((r = linear(x, d.dt, x->a.fch, x->a.ln, at(W(FCW), 4 * lc * d.C, d.es), at(W(FCB), 4 * lc, d.es), 1, N,
+                        d.C, 4 * d.C, err)))
+            return r;
+        if ((r = linear(x, d.dt, x->a.tmp, x->a.fch, at(W(FCPROJW), 4 * lc * d.C, d.es), NULL, 0, N, 4 * d.C, d.C,
                         err)))
             return r;
-        if ((r = linear(x, dt, x->a.tmp, x->a.fch, at(W(FCPROJW), 4 * lc * C, es), NULL, 0, N, 4 * C, C, err)))
-            return r;
-        if (l + 1 < L) /* the next layer's first layernorm */
-            CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, es), NULL,
-                                                       at(W(LN1W), lc + C, es), at(W(LN1B), lc + C, es), N, C, eps,
-                                                       dt, st));
+        if (l + 1 < d.L) /* the next layer's first layernorm */
+            CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, d.es), NULL,
+                                                       at(W(LN1W), lc + d.C, d.es), at(W(LN1B), lc + d.C, d.es), N,
+                                                       d.C, d.eps, d.dt, st));
         else /* the final layernorm, gathering the rows whose logits are wanted */
-            CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, es),
-                                                       s->out_row, W(LNFW), W(LNFB), N, C, eps, dt, st));
+            CUDA_CHECK(residual_layernorm_forward_cuda(x->a.ln, x->a.resid, x->a.tmp, at(W(FCPROJB), lc, d.es),
+                                                       s->out_row, W(LNFW), W(LNFB), N, d.C, d.eps, d.dt, st));
     }
-    return gemm_unembed(x, x->a.logits, x->a.ln, W(LMHEAD), s->rows, C, x->plan.Vp, dt, err);
+    return gemm_unembed(x, x->a.logits, x->a.ln, W(LMHEAD), s->rows, d.C, x->plan.Vp, d.dt, err);
 }
 
 /* Captures the decode forward for one bucket into an executable graph. */

@@ -1,7 +1,6 @@
 /* request.c: parsing and validating one JSONL generation request. */
 #include "request.h"
 
-#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,28 +45,49 @@ gpt2_status gpt2_request_add_stop(gpt2_request_spec *r, const char *s, size_t n,
     return GPT2_OK;
 }
 
-/* A JSON number (integer or real) as double; -1 when not a number. */
-static int get_number(json_t *v, double *out) {
-    if (json_is_integer(v)) *out = (double)json_integer_value(v);
-    else if (json_is_real(v)) *out = json_real_value(v);
-    else return -1;
-    return 0;
-}
-
-static gpt2_status get_int(json_t *v, const char *key, long long lo, long long hi, long long *out, gpt2_error *err) {
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return gpt2_fail(err, GPT2_ERR_ARG, "\"%s\": must be an integer in %lld..%lld", key, lo, hi);
+gpt2_status gpt2_json_int(json_t *v, const char *key, char q, long long lo, long long hi, long long *out,
+                          gpt2_error *err) {
+    if (!json_is_integer(v))
+        return gpt2_fail(err, GPT2_ERR_ARG, "%c%s%c: must be an integer in %lld..%lld", q, key, q, lo, hi);
+    if (json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return gpt2_fail(err, GPT2_ERR_ARG, "%c%s%c: must be an integer in %lld..%lld, not %lld", q, key, q, lo, hi,
+                         (long long)json_integer_value(v));
     *out = json_integer_value(v);
     return GPT2_OK;
 }
 
-static gpt2_status get_float(json_t *v, const char *key, float *out, gpt2_error *err) {
-    double d;
-    if (get_number(v, &d) || !isfinite(d))
-        return gpt2_fail(err, GPT2_ERR_ARG, "\"%s\": must be a number", key);
-    /* the range is gpt2_sampling_check's (shared with the CLI); out-of-float values become +-inf there */
-    *out = (float)d;
+gpt2_status gpt2_json_number(json_t *v, const char *key, char q, double *out, gpt2_error *err) {
+    if (json_is_integer(v)) *out = (double)json_integer_value(v);
+    else if (json_is_real(v)) *out = json_real_value(v);
+    else return gpt2_fail(err, GPT2_ERR_ARG, "%c%s%c: must be a number", q, key, q);
     return GPT2_OK;
+}
+
+int gpt2_sampling_field(const char *key, json_t *v, char q, gpt2_sampling *s, gpt2_error *err) {
+    float *f = !strcmp(key, "temperature")          ? &s->temperature
+               : !strcmp(key, "top_p")              ? &s->top_p
+               : !strcmp(key, "repetition_penalty") ? &s->repetition_penalty
+               : !strcmp(key, "frequency_penalty")  ? &s->frequency_penalty
+               : !strcmp(key, "presence_penalty")   ? &s->presence_penalty
+                                                    : NULL;
+    if (f) {
+        double d;
+        if (gpt2_json_number(v, key, q, &d, err)) return -1;
+        /* the range is gpt2_sampling_check's; this only keeps the value a finite float */
+        if (!isfinite(d) || fabs(d) > 1e30) {
+            gpt2_fail(err, GPT2_ERR_ARG, "%c%s%c: %g is out of range", q, key, q, d);
+            return -1;
+        }
+        *f = (float)d;
+        return 1;
+    }
+    if (!strcmp(key, "top_k")) {
+        long long k;
+        if (gpt2_json_int(v, key, q, 0, GPT2_MAX_TOP_K, &k, err)) return -1;
+        s->top_k = (int)k;
+        return 1;
+    }
+    return 0;
 }
 
 gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_spec *defaults,
@@ -103,6 +123,7 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
     }
     json_object_foreach(root, key, v) {
         long long i;
+        int sf;
         if (!strcmp(key, "id")) {
             continue;
         } else if (!strcmp(key, "prompt")) {
@@ -113,31 +134,22 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
             r.n_prompt = json_string_length(v);
             if (!(r.prompt = malloc(r.n_prompt + 1))) goto nomem;
             memcpy(r.prompt, json_string_value(v), r.n_prompt + 1);
+        } else if ((sf = gpt2_sampling_field(key, v, '"', &r.sampling, err)) != 0) {
+            if (sf < 0) {
+                st = GPT2_ERR_ARG;
+                goto fail;
+            }
         } else if (!strcmp(key, "max_tokens")) {
-            if ((st = get_int(v, key, 0, 1 << 20, &i, err))) goto fail;
+            if ((st = gpt2_json_int(v, key, '"', 0, 1 << 20, &i, err))) goto fail;
             r.max_tokens = (int)i;
-        } else if (!strcmp(key, "top_k")) {
-            /* any int here; gpt2_sampling_check has the range */
-            if ((st = get_int(v, key, INT_MIN, INT_MAX, &i, err))) goto fail;
-            r.sampling.top_k = (int)i;
         } else if (!strcmp(key, "seed")) {
-            if ((st = get_int(v, key, 0, INT64_MAX, &i, err))) goto fail;
+            if ((st = gpt2_json_int(v, key, '"', 0, INT64_MAX, &i, err))) goto fail;
             r.sampling.seed = (uint64_t)i;
-        } else if (!strcmp(key, "temperature")) {
-            if ((st = get_float(v, key, &r.sampling.temperature, err))) goto fail;
-        } else if (!strcmp(key, "top_p")) {
-            if ((st = get_float(v, key, &r.sampling.top_p, err))) goto fail;
-        } else if (!strcmp(key, "repetition_penalty")) {
-            if ((st = get_float(v, key, &r.sampling.repetition_penalty, err))) goto fail;
-        } else if (!strcmp(key, "frequency_penalty")) {
-            if ((st = get_float(v, key, &r.sampling.frequency_penalty, err))) goto fail;
-        } else if (!strcmp(key, "presence_penalty")) {
-            if ((st = get_float(v, key, &r.sampling.presence_penalty, err))) goto fail;
         } else if (!strcmp(key, "logprobs")) { /* OpenAI's completions: null = off, k = k alternatives */
             if (json_is_null(v)) {
                 r.logprobs = r.top_logprobs = 0;
             } else {
-                if ((st = get_int(v, key, 0, GPT2_MAX_TOP_LOGPROBS, &i, err))) goto fail;
+                if ((st = gpt2_json_int(v, key, '"', 0, GPT2_MAX_TOP_LOGPROBS, &i, err))) goto fail;
                 r.logprobs = 1;
                 r.top_logprobs = (int)i;
             }
@@ -148,16 +160,18 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
             }
             r.echo = json_is_true(v);
         } else if (!strcmp(key, "num_beams")) {
-            if ((st = get_int(v, key, 1, 64, &i, err))) goto fail;
+            if ((st = gpt2_json_int(v, key, '"', 1, 64, &i, err))) goto fail;
             r.beam.num_beams = (int)i;
         } else if (!strcmp(key, "n")) {
-            if ((st = get_int(v, key, 1, 64, &i, err))) goto fail;
+            if ((st = gpt2_json_int(v, key, '"', 1, 64, &i, err))) goto fail;
             r.beam.n = (int)i;
         } else if (!strcmp(key, "no_repeat_ngram_size")) {
-            if ((st = get_int(v, key, 0, 1 << 20, &i, err))) goto fail;
+            if ((st = gpt2_json_int(v, key, '"', 0, 1 << 20, &i, err))) goto fail;
             r.beam.no_repeat_ngram_size = (int)i;
         } else if (!strcmp(key, "length_penalty")) {
-            if ((st = get_float(v, key, &r.beam.length_penalty, err))) goto fail;
+            double d;
+            if ((st = gpt2_json_number(v, key, '"', &d, err))) goto fail;
+            r.beam.length_penalty = (float)d; /* the range is the engine's (gpt2_beam) */
         } else if (!strcmp(key, "early_stopping")) {
             if (json_is_boolean(v)) r.beam.early_stopping = json_is_true(v);
             else if (json_is_string(v) && !strcmp(json_string_value(v), "never")) r.beam.early_stopping = 2;

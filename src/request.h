@@ -37,6 +37,21 @@ gpt2_status gpt2_request_parse(const char *line, size_t n, const gpt2_request_sp
  * parsers only check syntax and type); the message names the field. */
 gpt2_status gpt2_sampling_check(const gpt2_sampling *s, gpt2_error *err);
 
+/* Field readers shared by the JSON request parsers (the JSONL lines here, `gpt2 serve`'s bodies in
+ * serve_req.c). Each refusal is GPT2_ERR_ARG with a message that starts with the field's name quoted
+ * with q (the JSONL parser's '"', the server's '\''), e.g. `"max_tokens": must be an integer in
+ * 0..1048576, not -1`. gpt2_json_int: an integer in lo..hi. gpt2_json_number: an integer or real. */
+gpt2_status gpt2_json_int(json_t *v, const char *key, char q, long long lo, long long hi, long long *out,
+                          gpt2_error *err);
+gpt2_status gpt2_json_number(json_t *v, const char *key, char q, double *out, gpt2_error *err);
+
+/* One sampling field of a JSON request into s: "temperature", "top_p", "repetition_penalty",
+ * "frequency_penalty", "presence_penalty" (numbers of magnitude <= 1e30; their ranges are
+ * gpt2_sampling_check's, which the caller runs once every field is read) or "top_k" (an integer in
+ * 0..GPT2_MAX_TOP_K). "seed" is not here (the server takes any int64, the JSONL lines 0..2^63-1). Returns 1 when key is one of them and
+ * v was stored, 0 when key is none of them (nothing done), -1 on a bad value (err set, as above). */
+int gpt2_sampling_field(const char *key, json_t *v, char q, gpt2_sampling *s, gpt2_error *err);
+
 /* Adds a stop string (copied); error when there are already GPT2_MAX_STOPS or it is empty or too long. */
 gpt2_status gpt2_request_add_stop(gpt2_request_spec *r, const char *s, size_t n, gpt2_error *err);
 

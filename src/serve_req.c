@@ -2,7 +2,6 @@
 #include "serve_req.h"
 
 #include <limits.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,21 +45,14 @@ void serve_request_free(serve_request *r) {
 /* ---------------------------------------------------------------------------------------------- */
 /* Fields                                                                                          */
 
-static int get_int(json_t *v, const char *key, long long lo, long long hi, long long *out, serve_error *e) {
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return bad(e, key, "'%s': must be an integer in %lld..%lld", key, lo, hi);
-    *out = json_integer_value(v);
-    return 0;
+/* A field reader's refusal (request.h) as a 400 naming the field. */
+static int bad_field(serve_error *e, const char *key, const gpt2_error *gerr) {
+    return bad(e, key, "%s", gerr->msg);
 }
 
-static int get_float(json_t *v, const char *key, float *out, serve_error *e) {
-    double d;
-    if (json_is_integer(v)) d = (double)json_integer_value(v);
-    else if (json_is_real(v)) d = json_real_value(v);
-    else return bad(e, key, "'%s': must be a number", key);
-    if (!isfinite(d) || fabs(d) > 1e30) return bad(e, key, "'%s': %g is out of range", key, d);
-    *out = (float)d;
-    return 0;
+static int get_int(json_t *v, const char *key, long long lo, long long hi, long long *out, serve_error *e) {
+    gpt2_error gerr = {0};
+    return gpt2_json_int(v, key, '\'', lo, hi, out, &gerr) ? bad_field(e, key, &gerr) : 0;
 }
 
 static int get_bool(json_t *v, const char *key, int *out, serve_error *e) {
@@ -161,6 +153,8 @@ static int parse_fields(json_t *root, int max_logprobs, serve_request *r, serve_
     const char *key;
     json_t *v;
     long long k;
+    int sf;
+    gpt2_error gerr = {0};
     json_t *best_of = NULL;
     json_object_foreach(root, key, v) {
         if (json_is_null(v) && strcmp(key, "model") && strcmp(key, "prompt")) continue; /* null: the default */
@@ -170,6 +164,8 @@ static int parse_fields(json_t *root, int max_logprobs, serve_request *r, serve_
             if (!(r->model = strdup(json_string_value(v)))) return serve_fail(e, 500, "server_error", "model", "out of memory");
         } else if (!strcmp(key, "prompt")) {
             if (get_prompts(v, r, e)) return -1;
+        } else if ((sf = gpt2_sampling_field(key, v, '\'', &r->sampling, &gerr)) != 0) {
+            if (sf < 0) return bad_field(e, key, &gerr);
         } else if (!strcmp(key, "max_tokens")) {
             if (get_int(v, key, 0, SERVE_MAX_TOKENS, &k, e)) return -1;
             r->max_tokens = (int)k;
@@ -178,9 +174,6 @@ static int parse_fields(json_t *root, int max_logprobs, serve_request *r, serve_
             r->n = (int)k;
         } else if (!strcmp(key, "best_of")) {
             best_of = v; /* accepted only as n (checked below): no server-side ranking */
-        } else if (!strcmp(key, "top_k")) {
-            if (get_int(v, key, 0, GPT2_MAX_TOP_K, &k, e)) return -1;
-            r->sampling.top_k = (int)k;
         } else if (!strcmp(key, "seed")) {
             if (get_int(v, key, LLONG_MIN, LLONG_MAX, &k, e)) return -1;
             r->sampling.seed = (uint64_t)k;
@@ -189,16 +182,6 @@ static int parse_fields(json_t *root, int max_logprobs, serve_request *r, serve_
             if (json_is_false(v)) continue;
             if (get_int(v, key, 0, max_logprobs, &k, e)) return -1;
             r->logprobs = (int)k;
-        } else if (!strcmp(key, "temperature")) {
-            if (get_float(v, key, &r->sampling.temperature, e)) return -1;
-        } else if (!strcmp(key, "top_p")) {
-            if (get_float(v, key, &r->sampling.top_p, e)) return -1;
-        } else if (!strcmp(key, "presence_penalty")) {
-            if (get_float(v, key, &r->sampling.presence_penalty, e)) return -1;
-        } else if (!strcmp(key, "frequency_penalty")) {
-            if (get_float(v, key, &r->sampling.frequency_penalty, e)) return -1;
-        } else if (!strcmp(key, "repetition_penalty")) {
-            if (get_float(v, key, &r->sampling.repetition_penalty, e)) return -1;
         } else if (!strcmp(key, "echo")) {
             if (get_bool(v, key, &r->echo, e)) return -1;
         } else if (!strcmp(key, "stream")) {
@@ -233,7 +216,6 @@ static int parse_fields(json_t *root, int max_logprobs, serve_request *r, serve_
                    SERVE_MAX_SEQS);
     if (r->include_usage && !r->stream)
         return bad(e, "stream_options", "'stream_options': only with \"stream\": true");
-    gpt2_error gerr = {0};
     if (gpt2_sampling_check(&r->sampling, &gerr) != GPT2_OK) {
         /* the message starts with the field's name ("top_p 1.5: must be in (0, 1]") */
         char param[32];

@@ -3,6 +3,7 @@
 #define GPT2_TESTS_COMMON_H
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "backend.h"
@@ -64,8 +65,20 @@ void test_cleanup(void);
 /* calloc that asserts and is freed by test_cleanup. */
 void *test_calloc(size_t n, size_t size);
 
+/* A monotonic clock in seconds (for the tests' own time limits, never to assert on speed), and a sleep. */
+double test_now_s(void);
+void test_sleep_ms(int ms);
+
 /* Path of the CLI under test ($GPT2_BIN, default build/gpt2). */
 const char *cli_bin(void);
+
+/* A whole file, NUL-terminated and malloc'ed (a missing file reads as empty); *n (when not NULL) its
+ * length. test_read_file_kept: the same, freed by test_cleanup. */
+char *test_read_file(const char *path, size_t *n);
+char *test_read_file_kept(const char *path, size_t *n);
+
+/* Writes data[0..n) to path, replacing it (asserts on failure). */
+void test_write_file(const char *path, const char *data, size_t n);
 
 /* Runs a shell command, capturing stdout into *out (malloc'ed); returns the exit status. */
 int run_capture(const char *cmd, char **out);

@@ -4,11 +4,13 @@
 #include "generate.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <sys/wait.h>
+#include <time.h>
 
 const char *const fixture_models[] = {"tiny", "tiny-bf16", "small", "small-untied-sharded"};
 const int n_fixture_models = 4;
@@ -220,26 +222,67 @@ uint64_t trand(uint64_t *s) {
 
 float trand_float(uint64_t *s) { return (float)((double)(trand(s) >> 40) / (double)(1 << 23) - 1.0); }
 
+double test_now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+void test_sleep_ms(int ms) {
+    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
 const char *cli_bin(void) {
     const char *b = getenv("GPT2_BIN");
     return b && *b ? b : "build/gpt2";
 }
 
-int run_capture(const char *cmd, char **out) {
-    FILE *p = popen(cmd, "r");
-    cr_assert(p, "popen %s", cmd);
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
+/* All of stream f, NUL-terminated and malloc'ed (asserts on allocation failure); *n its length. */
+static char *read_stream(FILE *f, size_t *n) {
+    size_t cap = 1 << 16, k = 0;
+    char *buf = malloc(cap + 1);
     cr_assert(buf);
-    size_t k;
-    while ((k = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += k;
-        if (cap - n < 2) {
-            buf = realloc(buf, cap *= 2);
+    size_t got;
+    while ((got = fread(buf + k, 1, cap - k, f)) > 0) {
+        k += got;
+        if (k == cap) {
+            buf = realloc(buf, (cap *= 2) + 1);
             cr_assert(buf);
         }
     }
-    buf[n] = '\0';
+    buf[k] = '\0';
+    if (n) *n = k;
+    return buf;
+}
+
+char *test_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        char *buf = malloc(1);
+        cr_assert(buf);
+        buf[0] = '\0';
+        if (n) *n = 0;
+        return buf;
+    }
+    char *buf = read_stream(f, n);
+    fclose(f);
+    return buf;
+}
+
+char *test_read_file_kept(const char *path, size_t *n) { return test_keep(test_read_file(path, n), free); }
+
+void test_write_file(const char *path, const char *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    cr_assert(f, "%s: %s", path, strerror(errno));
+    cr_assert_eq(fwrite(data, 1, n, f), n);
+    cr_assert_eq(fclose(f), 0);
+}
+
+int run_capture(const char *cmd, char **out) {
+    FILE *p = popen(cmd, "r");
+    cr_assert(p, "popen %s", cmd);
+    char *buf = read_stream(p, NULL);
     int st = pclose(p);
     if (out) *out = buf;
     else free(buf);

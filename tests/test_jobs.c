@@ -60,38 +60,9 @@ static void workdir_remove(workdir *w) {
     rmdir(w->dir);
 }
 
-/* Reads a whole file (NUL-terminated); *n gets its length. Missing file: empty. */
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    size_t cap = 1 << 16, k = 0;
-    char *buf = malloc(cap + 1);
-    cr_assert(buf);
-    if (f) {
-        size_t got;
-        while ((got = fread(buf + k, 1, cap - k, f)) > 0) {
-            k += got;
-            if (k == cap) {
-                buf = realloc(buf, (cap *= 2) + 1);
-                cr_assert(buf);
-            }
-        }
-        fclose(f);
-    }
-    buf[k] = '\0';
-    if (n) *n = k;
-    return buf;
-}
-
-static void spit(const char *path, const char *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    cr_assert(f, "%s: %s", path, strerror(errno));
-    cr_assert_eq(fwrite(data, 1, n, f), n);
-    cr_assert_eq(fclose(f), 0);
-}
-
 static size_t count_lines(const char *path) {
     size_t n, lines = 0;
-    char *s = slurp(path, &n);
+    char *s = test_read_file(path, &n);
     for (size_t i = 0; i < n; i++) lines += s[i] == '\n';
     free(s);
     return lines;
@@ -133,17 +104,6 @@ static pid_t spawn(const args *a, const workdir *w) {
     return pid;
 }
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&t, NULL);
-}
-
 /* Runs the CLI to the end; returns its exit status (asserts it was not killed by a signal). A run
  * that hangs is killed after RUN_LIMIT_S (our own limit: Criterion's .timeout leaks under LSan when
  * tests run in parallel). */
@@ -151,9 +111,9 @@ static void sleep_ms(int ms) {
 static int run(const args *a, const workdir *w) {
     pid_t pid = spawn(a, w);
     int st;
-    double t0 = now();
+    double t0 = test_now_s();
     pid_t done;
-    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && now() - t0 < RUN_LIMIT_S) sleep_ms(2);
+    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && test_now_s() - t0 < RUN_LIMIT_S) test_sleep_ms(2);
     if (done != pid) {
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
@@ -167,20 +127,20 @@ static int run(const args *a, const workdir *w) {
 
 /* Waits until `path` holds at least `lines` newlines; fails if the process ends first. */
 static void wait_for_lines(pid_t pid, const char *path, size_t lines, const workdir *w) {
-    double t0 = now();
+    double t0 = test_now_s();
     for (;;) {
         if (count_lines(path) >= lines) return;
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            char *err = slurp(w->err, NULL);
+            char *err = test_read_file(w->err, NULL);
             cr_assert_fail("the CLI ended (status %d) before writing %zu records: %s", st, lines, err);
         }
-        if (now() - t0 > 120) {
+        if (test_now_s() - t0 > 120) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
             cr_assert_fail("no %zu records in %s after 120 s", lines, path);
         }
-        sleep_ms(1);
+        test_sleep_ms(1);
     }
 }
 
@@ -209,7 +169,7 @@ static void write_requests(const workdir *w) {
         k += (size_t)snprintf(buf + k, 256, "{%s\"prompt\": \"%s\", \"max_tokens\": %d, \"seed\": %d, %s}\n", id,
                               PROMPTS[i % 8], 8 + (i * 5) % 9, 1000 + 17 * i, sampling);
     }
-    spit(w->in, buf, k);
+    test_write_file(w->in, buf, k);
     free(buf);
 }
 
@@ -217,7 +177,7 @@ static void write_requests(const workdir *w) {
  * end with a newline (a record is written whole or not at all). Returns an array of the records. */
 static json_t *load_records(const char *path) {
     size_t n;
-    char *s = slurp(path, &n);
+    char *s = test_read_file(path, &n);
     json_t *arr = json_array();
     size_t pos = 0, line = 0;
     while (pos < n) {
@@ -284,7 +244,7 @@ static json_t *reference_run(const workdir *w) {
     args a;
     args_init(&a, w, w->ref);
     int rc = run(&a, w);
-    char *err = slurp(w->err, NULL);
+    char *err = test_read_file(w->err, NULL);
     cr_assert_eq(rc, 0, "uninterrupted run failed (%d): %s", rc, err);
     free(err);
     json_t *ref = load_records(w->ref);
@@ -310,7 +270,7 @@ static void resume_and_check(const workdir *w, json_t *ref, const char *what) {
     args_init(&a, w, w->out);
     args_add(&a, "--resume");
     int rc = run(&a, w);
-    char *err = slurp(w->err, NULL);
+    char *err = test_read_file(w->err, NULL);
     cr_assert_eq(rc, 0, "%s: --resume failed (%d): %s", what, rc, err);
     free(err);
     json_t *got = load_records(w->out);
@@ -354,11 +314,11 @@ Test(jobs, sigkill_then_resume) {
 
     /* A second --resume has nothing left to do and must not touch the file. */
     size_t n1, n2;
-    char *before = slurp(w.out, &n1);
+    char *before = test_read_file(w.out, &n1);
     resume_and_check(&w, ref, "second --resume");
-    char *after = slurp(w.out, &n2);
+    char *after = test_read_file(w.out, &n2);
     cr_assert(n1 == n2 && !memcmp(before, after, n1), "a --resume of a finished job changed the output");
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert(strstr(err, "40 of 40"), "expected '40 of 40 requests already in': %s", err);
     free(err);
     free(before);
@@ -379,16 +339,16 @@ static void interrupt_then_resume(int sig) {
     wait_for_lines(pid, w.out, 3, &w);
     size_t seen = count_lines(w.out);
     cr_assert_eq(kill(pid, sig), 0);
-    double t0 = now();
+    double t0 = test_now_s();
     int st = 0;
     pid_t done = 0;
-    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && now() - t0 < 20) sleep_ms(5);
+    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && test_now_s() - t0 < 20) test_sleep_ms(5);
     if (done != pid) {
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
         cr_assert_fail("signal %d: the CLI had not exited 20 s later", sig);
     }
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert(WIFEXITED(st), "signal %d killed the CLI instead of stopping it", sig);
     cr_assert_eq(WEXITSTATUS(st), 1, "exit status %d after signal %d (want 1): %s", WEXITSTATUS(st), sig, err);
     cr_assert(strstr(err, "interrupted") && strstr(err, "--resume"), "no interruption notice: %s", err);
@@ -419,16 +379,16 @@ Test(jobs, resume_drops_torn_last_line) {
 
     /* The first 5 records, then half of the 6th without its newline, as a crash mid-write leaves it. */
     size_t n;
-    char *s = slurp(w.ref, &n);
+    char *s = test_read_file(w.ref, &n);
     char *p = s;
     for (int i = 0; i < 5; i++) p = strchr(p, '\n') + 1;
     char *end6 = strchr(p, '\n');
     size_t keep = (size_t)(p - s) + (size_t)(end6 - p) / 2;
-    spit(w.out, s, keep);
+    test_write_file(w.out, s, keep);
     free(s);
 
     resume_and_check(&w, ref, "torn line + --resume");
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert(strstr(err, "incomplete last line"), "the torn line was not reported: %s", err);
     cr_assert(strstr(err, "5 of 40"), "expected 5 requests already done: %s", err);
     free(err);
@@ -475,7 +435,7 @@ static void write_mixed(const workdir *w) {
                      "{\"id\": 9, \"prompt\": \"Nine\", \"max_tokens\": 2}\n", /* 16: id 9 is not line 9's */
                      LONG_PROMPT);
     cr_assert(k > 0 && k < 8192);
-    spit(w->in, buf, (size_t)k);
+    test_write_file(w->in, buf, (size_t)k);
     free(buf);
 }
 
@@ -503,7 +463,7 @@ static void check_mixed(const workdir *w, int truncate) {
     args_init(&a, w, w->out);
     if (truncate) args_add(&a, "--truncate");
     int rc = run(&a, w);
-    char *err = slurp(w->err, NULL);
+    char *err = test_read_file(w->err, NULL);
     cr_assert_eq(rc, 1, "exit status %d with bad lines (want 1): %s", rc, err);
     cr_assert(strstr(err, "requests failed"), "no failure summary on stderr: %s", err);
     free(err);
@@ -578,11 +538,11 @@ Test(jobs, error_records_for_messages_quoting_non_ascii) {
                      "{\"id\": \"u\", \"prompt\": \"p\", \"%s\\u00e9\": 1}\n"
                      "{\"id\": \"x\", \"prompt\": \"\\\xc3\xa9\"}\n",
                      "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk" /* 63 bytes */);
-    spit(w.in, line, (size_t)k);
+    test_write_file(w.in, line, (size_t)k);
     args a;
     args_init(&a, &w, w.out);
     int rc = run(&a, &w);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 1, "exit status %d: %s", rc, err);
     json_t *recs = load_records(w.out);
     cr_assert_eq(json_array_size(recs), 3, "%zu records (want 3); stderr: %s", json_array_size(recs), err);
@@ -606,7 +566,7 @@ Test(jobs, write_failure_is_reported) {
     args a;
     args_init(&a, &w, "/dev/full");
     int rc = run(&a, &w);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 1, "exit status %d writing to /dev/full: %s", rc, err);
     static const char msg[] = "/dev/full: write failed";
     const char *hit = strstr(err, msg);
@@ -643,25 +603,25 @@ Test(jobs, resume_refuses_records_of_another_request_or_model) {
     }
     /* The first 6 records done; the input's 4th line (id r03) now asks for another seed. */
     size_t n;
-    char *s = slurp(w.ref, &n);
+    char *s = test_read_file(w.ref, &n);
     char *p = s;
     for (int k = 0; k < 6; k++) p = strchr(p, '\n') + 1;
-    spit(w.out, s, (size_t)(p - s));
-    char *in = slurp(w.in, &n);
+    test_write_file(w.out, s, (size_t)(p - s));
+    char *in = test_read_file(w.in, &n);
     char *seed = strstr(in, "\"seed\": 1051"); /* 1000 + 17 * 3 */
     cr_assert(seed);
     memcpy(seed, "\"seed\": 1052", 12);
-    spit(w.in, in, n);
+    test_write_file(w.in, in, n);
     size_t n0;
-    char *before = slurp(w.out, &n0);
+    char *before = test_read_file(w.out, &n0);
     const char *resume[] = {"--resume", NULL};
     int rc = run_with(&w, w.out, resume);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 2, "exit %d for a changed request: %s", rc, err);
     cr_assert(strstr(err, "line 4") && strstr(err, "\"r03\"") && strstr(err, "refusing"), "message: %s", err);
     free(err);
     size_t n1;
-    char *after = slurp(w.out, &n1);
+    char *after = test_read_file(w.out, &n1);
     cr_assert(n0 == n1 && !memcmp(before, after, n0), "the refused resume changed the output");
     free(after);
 
@@ -691,22 +651,22 @@ Test(jobs, resume_refuses_records_of_another_request_or_model) {
     resume_and_check(&w, ref, "reordered fields + --resume");
 
     /* Another model (same tokenizer, bf16 weights): every record is refused. */
-    spit(w.out, s, (size_t)(p - s));
+    test_write_file(w.out, s, (size_t)(p - s));
     args a;
     args_init(&a, &w, w.out);
     a.v[3] = FIXTURES "/tiny-bf16";
     args_add(&a, "--resume");
     rc = run(&a, &w);
-    err = slurp(w.err, NULL);
+    err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 2, "exit %d for another model: %s", rc, err);
     cr_assert(strstr(err, "line 1") && strstr(err, "another request or model"), "message: %s", err);
     free(err);
     /* Another --temperature default for lines without one would change nothing here (all set it),
      * but another -n does: lines take it as their max_tokens. */
-    spit(w.out, s, (size_t)(p - s));
+    test_write_file(w.out, s, (size_t)(p - s));
     const char *resume_stop[] = {"--resume", "--stop", "zzz", NULL};
     rc = run_with(&w, w.out, resume_stop);
-    err = slurp(w.err, NULL);
+    err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 2, "exit %d for another default stop string: %s", rc, err);
     free(err);
     free(before);
@@ -724,7 +684,7 @@ Test(jobs, resume_retries_error_records_and_reports_foreign_lines) {
     write_requests(&w);
     json_t *ref = reference_run(&w);
     size_t n;
-    char *s = slurp(w.ref, &n);
+    char *s = test_read_file(w.ref, &n);
     /* records 1-3, an error record for r03 (as a failed run leaves it), garbage, a record of an id this
      * input does not have, an error record for the id-less line 10, then record 5 */
     char *p = s;
@@ -745,7 +705,7 @@ Test(jobs, resume_retries_error_records_and_reports_foreign_lines) {
     args_init(&a, &w, w.out);
     args_add(&a, "--resume");
     int rc = run(&a, &w);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 0, "--resume failed (%d): %s", rc, err);
     cr_assert(strstr(err, "line 5: not a record"), "garbage line not reported: %s", err);
     cr_assert(strstr(err, "line 6: its id is not in the input"), "foreign id not reported: %s", err);
@@ -753,7 +713,7 @@ Test(jobs, resume_retries_error_records_and_reports_foreign_lines) {
     cr_assert(strstr(err, "4 of 40"), "expected 4 requests kept: %s", err);
     free(err);
     /* Every id once, equal to the reference, plus the two foreign lines kept as they were. */
-    char *got = slurp(w.out, &n);
+    char *got = test_read_file(w.out, &n);
     cr_assert(strstr(got, "this is not JSON\n") && strstr(got, "{\"id\":\"zz\""), "foreign lines were lost");
     cr_assert(!strstr(got, "\"error\""), "an error record survived the resume");
     FILE *g = fopen(w.out, "wb");
@@ -781,7 +741,7 @@ Test(jobs, output_equal_to_input_is_refused) {
     workdir_make(&w);
     write_requests(&w);
     size_t n0;
-    char *in0 = slurp(w.in, &n0);
+    char *in0 = test_read_file(w.in, &n0);
     char dotted[192], sym[192], hard[192];
     snprintf(dotted, sizeof dotted, "%s/./in.jsonl", w.dir);
     snprintf(sym, sizeof sym, "%s/sym.jsonl", w.dir);
@@ -793,12 +753,12 @@ Test(jobs, output_equal_to_input_is_refused) {
     for (size_t i = 0; i < 4; i++)
         for (int r = 0; r < 2; r++) {
             int rc = run_with(&w, outs[i], r ? resume : NULL);
-            char *err = slurp(w.err, NULL);
+            char *err = test_read_file(w.err, NULL);
             cr_assert_eq(rc, 2, "--output %s%s: exit %d: %s", outs[i], r ? " --resume" : "", rc, err);
             cr_assert(strstr(err, "is the same file as --input"), "%s", err);
             free(err);
             size_t n;
-            char *now_in = slurp(w.in, &n);
+            char *now_in = test_read_file(w.in, &n);
             cr_assert(n == n0 && !memcmp(now_in, in0, n), "--output %s damaged the input", outs[i]);
             free(now_in);
         }
@@ -825,7 +785,7 @@ Test(jobs, second_writer_is_refused) {
     const char *resume[] = {"--resume", NULL};
     for (int r = 0; r < 2; r++) {
         int rc = run_with(&w2, w.out, r ? resume : NULL);
-        char *err = slurp(w2.err, NULL);
+        char *err = test_read_file(w2.err, NULL);
         cr_assert_eq(rc, 1, "second writer%s: exit %d: %s", r ? " (--resume)" : "", rc, err);
         cr_assert(strstr(err, "another process is writing this file"), "%s", err);
         free(err);
@@ -857,9 +817,9 @@ Test(jobs, id_read_first_and_byte_order_mark_skipped) {
     const char text[] = "\xEF\xBB\xBF{\"id\": \"bom\", \"prompt\": \"Hello\", \"max_tokens\": 2}\n"
                         "{\"temperature\": -1, \"id\": \"late\", \"prompt\": \"x\"}\n"
                         "{\"top_p\": \"high\", \"prompt\": \"x\", \"id\": 17}\n";
-    spit(w.in, text, sizeof text - 1);
+    test_write_file(w.in, text, sizeof text - 1);
     int rc = run_with(&w, w.out, NULL);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 1, "exit %d: %s", rc, err);
     free(err);
     json_t *recs = load_records(w.out);
@@ -888,12 +848,12 @@ Test(jobs, non_finite_logits_give_an_error_record) {
     const char text[] = "{\"id\": \"fox\", \"prompt\": \"The quick brown fox\", \"max_tokens\": 3, \"temperature\": 0}\n"
                         "{\"id\": \"hello\", \"prompt\": \"Hello\", \"max_tokens\": 3, \"temperature\": 0.7}\n"
                         "{\"id\": \"fox2\", \"prompt\": \"a fox\", \"max_tokens\": 3, \"temperature\": 0.7}\n";
-    spit(w.in, text, sizeof text - 1);
+    test_write_file(w.in, text, sizeof text - 1);
     args a;
     args_init(&a, &w, w.out);
     a.v[3] = model;
     int rc = run(&a, &w);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file(w.err, NULL);
     cr_assert_eq(rc, 1, "exit %d: %s", rc, err);
     free(err);
     json_t *recs = load_records(w.out);

@@ -76,35 +76,6 @@ static void workdir_remove(workdir *w) {
     rmdir(w->dir);
 }
 
-/* A whole file, NUL-terminated (missing: empty); *n its length. Freed by test_cleanup. */
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    size_t cap = 1 << 16, k = 0;
-    char *buf = malloc(cap + 1);
-    cr_assert(buf);
-    if (f) {
-        size_t got;
-        while ((got = fread(buf + k, 1, cap - k, f)) > 0) {
-            k += got;
-            if (k == cap) {
-                buf = realloc(buf, (cap *= 2) + 1);
-                cr_assert(buf);
-            }
-        }
-        fclose(f);
-    }
-    buf[k] = '\0';
-    if (n) *n = k;
-    return test_keep(buf, free);
-}
-
-static void spit(const char *path, const char *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    cr_assert(f, "%s: %s", path, strerror(errno));
-    cr_assert_eq(fwrite(data, 1, n, f), n);
-    cr_assert_eq(fclose(f), 0);
-}
-
 static size_t count_lines(const char *path) {
     FILE *f = fopen(path, "rb");
     size_t lines = 0;
@@ -118,17 +89,6 @@ static size_t count_str(const char *hay, const char *needle) {
     size_t k = 0;
     for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) k++;
     return k;
-}
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&t, NULL);
 }
 
 /* argv of a run: `mpirun [options] -n R gpt2 ...` (ranks > 0) or `gpt2 ...` (ranks 0). */
@@ -224,9 +184,9 @@ static pid_t spawn(const args *a, const workdir *w, const char *const *env) {
 /* Ends a run that overran: SIGTERM (mpirun passes it on to its ranks), then SIGKILL to the group. */
 static void kill_run(pid_t pid) {
     kill(pid, SIGTERM);
-    double t0 = now();
+    double t0 = test_now_s();
     int st;
-    while (waitpid(pid, &st, WNOHANG) == 0 && now() - t0 < 5) sleep_ms(20);
+    while (waitpid(pid, &st, WNOHANG) == 0 && test_now_s() - t0 < 5) test_sleep_ms(20);
     kill(-pid, SIGKILL);
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
@@ -235,9 +195,9 @@ static void kill_run(pid_t pid) {
 /* Waits for the run; returns its exit status (asserts that it ended in time). */
 static int wait_run(pid_t pid, const args *a) {
     int st;
-    double t0 = now();
+    double t0 = test_now_s();
     pid_t done;
-    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && now() - t0 < RUN_LIMIT_S) sleep_ms(5);
+    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && test_now_s() - t0 < RUN_LIMIT_S) test_sleep_ms(5);
     if (done != pid) {
         kill_run(pid);
         cr_assert_fail("%s did not finish within %d s", a->v[0], RUN_LIMIT_S);
@@ -253,7 +213,7 @@ static int run(const args *a, const workdir *w, const char *const *env) { return
 /* Runs and asserts success; returns its stderr. */
 static char *run_ok(const args *a, const workdir *w, const char *what) {
     int rc = run(a, w, NULL);
-    char *err = slurp(w->err, NULL);
+    char *err = test_read_file_kept(w->err, NULL);
     cr_assert_eq(rc, 0, "%s: exit status %d: %s", what, rc, err);
     return err;
 }
@@ -292,16 +252,17 @@ static pid_t find_rank(const workdir *w, int rank) {
 
 /* Waits until `path` holds at least `lines` lines; fails if the run ends first. */
 static void wait_for_lines(pid_t pid, const char *path, size_t lines, const workdir *w) {
-    double t0 = now();
+    double t0 = test_now_s();
     while (count_lines(path) < lines) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid)
-            cr_assert_fail("the run ended (status %d) before writing %zu records: %s", st, lines, slurp(w->err, NULL));
-        if (now() - t0 > RUN_LIMIT_S) {
+            cr_assert_fail("the run ended (status %d) before writing %zu records: %s", st, lines,
+                           test_read_file_kept(w->err, NULL));
+        if (test_now_s() - t0 > RUN_LIMIT_S) {
             kill_run(pid);
             cr_assert_fail("no %zu records in %s after %d s", lines, path, RUN_LIMIT_S);
         }
-        sleep_ms(2);
+        test_sleep_ms(2);
     }
 }
 
@@ -322,7 +283,7 @@ static void write_requests(const workdir *w, int n, int bad) {
         k += (size_t)snprintf(buf + k, 160, "{%s\"prompt\": \"%s %d\", \"max_tokens\": %d, \"temperature\": %s}\n", id,
                               PROMPTS[i % 6], i, 2 + i % 5, i + 1 == bad ? "-1" : "0");
     }
-    spit(w->in, buf, k);
+    test_write_file(w->in, buf, k);
 }
 
 /* The single-process reference (no mpirun), into w->ref. */
@@ -336,7 +297,7 @@ static void reference_run(const workdir *w) {
 /* The output file equals the reference byte for byte. */
 static void check_same(const workdir *w, const char *what) {
     size_t n_ref, n_out;
-    char *ref = slurp(w->ref, &n_ref), *out = slurp(w->out, &n_out);
+    char *ref = test_read_file_kept(w->ref, &n_ref), *out = test_read_file_kept(w->out, &n_out);
     size_t i = 0;
     while (i < n_ref && i < n_out && ref[i] == out[i]) i++;
     cr_assert(n_ref == n_out && i == n_ref, "%s: the output differs from the single-process run's at byte %zu (%zu "
@@ -400,22 +361,22 @@ static void kill_rank(const workdir *w, int resume, size_t lines, int victim) {
     pid_t pid = spawn(&a, w, NULL);
     wait_for_lines(pid, w->out, lines, w);
     pid_t rank = 0;
-    for (double t0 = now(); !(rank = find_rank(w, victim)) && now() - t0 < 30;) sleep_ms(5);
+    for (double t0 = test_now_s(); !(rank = find_rank(w, victim)) && test_now_s() - t0 < 30;) test_sleep_ms(5);
     cr_assert(rank, "rank %d of the job not found", victim);
     cr_assert_eq(kill(rank, SIGKILL), 0, "kill: %s", strerror(errno));
     int st;
-    double t0 = now();
+    double t0 = test_now_s();
     while (waitpid(pid, &st, WNOHANG) == 0) {
-        if (now() - t0 > 60) {
+        if (test_now_s() - t0 > 60) {
             kill_run(pid);
             cr_assert_fail("mpirun still runs 60 s after rank %d was killed", victim);
         }
-        sleep_ms(5);
+        test_sleep_ms(5);
     }
     kill(-pid, SIGKILL);
     cr_assert(!WIFEXITED(st) || WEXITSTATUS(st) != 0, "the job ended well although rank %d was killed", victim);
     size_t n_ref, n_out;
-    char *ref = slurp(w->ref, &n_ref), *out = slurp(w->out, &n_out);
+    char *ref = test_read_file_kept(w->ref, &n_ref), *out = test_read_file_kept(w->out, &n_out);
     cr_assert(n_out < n_ref, "the job finished before rank %d was killed", victim);
     cr_assert(!memcmp(ref, out, n_out), "after the kill of rank %d the output is not a prefix of the single-process "
               "run's", victim);
@@ -453,11 +414,11 @@ Test(mpi, a_rank_stopped_alone_gives_its_requests_back) {
     pid_t pid = spawn(&a, &w, NULL);
     wait_for_lines(pid, w.out, (size_t)N_REQ / 10, &w);
     pid_t rank = 0;
-    for (double t0 = now(); !(rank = find_rank(&w, 1)) && now() - t0 < 30;) sleep_ms(5);
+    for (double t0 = test_now_s(); !(rank = find_rank(&w, 1)) && test_now_s() - t0 < 30;) test_sleep_ms(5);
     cr_assert(rank, "rank 1 of the job not found");
     cr_assert_eq(kill(rank, SIGTERM), 0, "kill: %s", strerror(errno));
     int rc = wait_run(pid, &a);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file_kept(w.err, NULL);
     cr_assert_eq(rc, 1, "exit status %d after rank 1 stopped (want 1): %s", rc, err);
     check_same(&w, "rank 1 stopped");
     cr_assert(strstr(err, "rank 1: interrupted") && strstr(err, "1 rank stopped early"), "%s", err);
@@ -473,13 +434,13 @@ Test(mpi, input_error_reported_once) {
     write_requests(&w, 30, 5);
     args a;
     args_generate(&a, 0, &w, w.ref);
-    cr_assert_eq(run(&a, &w, NULL), 1, "single process with a bad line: %s", slurp(w.err, NULL));
+    cr_assert_eq(run(&a, &w, NULL), 1, "single process with a bad line: %s", test_read_file_kept(w.err, NULL));
     args_generate(&a, 3, &w, w.out);
     int rc = run(&a, &w, NULL);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file_kept(w.err, NULL);
     cr_assert_eq(rc, 1, "exit status %d with a bad line (want 1): %s", rc, err);
     check_same(&w, "3 ranks, a bad line");
-    char *out = slurp(w.out, NULL);
+    char *out = test_read_file_kept(w.out, NULL);
     cr_assert_eq(count_str(out, "\"error\""), 1, "%s", out);
     cr_assert(strstr(out, "\"line\":5,\"error\"") && strstr(out, "temperature"), "%s", out);
     cr_assert_eq(count_str(err, "requests failed"), 1, "the failure is reported %zu times: %s",
@@ -488,13 +449,13 @@ Test(mpi, input_error_reported_once) {
 
     /* a duplicate id: refused before any work, said once */
     size_t n;
-    char *in = slurp(w.in, &n);
+    char *in = test_read_file_kept(w.in, &n);
     char *q7 = strstr(in, "\"q007\"");
     cr_assert(q7);
     memcpy(q7, "\"q003\"", 6);
-    spit(w.in, in, n);
+    test_write_file(w.in, in, n);
     rc = run(&a, &w, NULL);
-    err = slurp(w.err, NULL);
+    err = test_read_file_kept(w.err, NULL);
     cr_assert_neq(rc, 0, "a duplicate id was accepted: %s", err);
     cr_assert_eq(count_str(err, "duplicate id"), 1, "reported %zu times: %s", count_str(err, "duplicate id"), err);
     workdir_remove(&w);
@@ -519,7 +480,7 @@ Test(mpi, ranks_bind_to_visible_devices) {
         snprintf(gpus, sizeof gpus, "GPT2_MPI_GPUS=%s", cases[c].gpus ? cases[c].gpus : "");
         const char *env[] = {"CUDA_VISIBLE_DEVICES=GPU-a,GPU-b", cases[c].gpus ? gpus : NULL, NULL};
         int rc = run(&a, &w, env);
-        char *err = slurp(w.err, NULL);
+        char *err = test_read_file_kept(w.err, NULL);
         cr_assert_eq(rc, 0, "exit status %d: %s", rc, err);
         for (int r = 0; r < 3; r++) {
             char line[128];
@@ -533,14 +494,14 @@ Test(mpi, ranks_bind_to_visible_devices) {
     /* an index past the visible devices is refused, naming the variable */
     const char *env[] = {"CUDA_VISIBLE_DEVICES=GPU-a,GPU-b", "GPT2_MPI_GPUS=0,2", NULL};
     int rc = run(&a, &w, env);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file_kept(w.err, NULL);
     cr_assert_neq(rc, 0, "GPT2_MPI_GPUS=0,2 with two devices was accepted: %s", err);
     cr_assert(strstr(err, "GPT2_MPI_GPUS '0,2'"), "%s", err);
     /* --device cpu binds nothing */
     a.v[a.n - 5] = "cpu";
     const char *env2[] = {"CUDA_VISIBLE_DEVICES=GPU-a,GPU-b", NULL};
-    cr_assert_eq(run(&a, &w, env2), 0, "%s", slurp(w.err, NULL));
-    cr_assert(!strstr(slurp(w.err, NULL), "CUDA_VISIBLE_DEVICES"), "--device cpu bound a GPU");
+    cr_assert_eq(run(&a, &w, env2), 0, "%s", test_read_file_kept(w.err, NULL));
+    cr_assert(!strstr(test_read_file_kept(w.err, NULL), "CUDA_VISIBLE_DEVICES"), "--device cpu bound a GPU");
     workdir_remove(&w);
 }
 
@@ -557,7 +518,7 @@ Test(mpi, bench_aggregates_over_ranks) {
                           "--warmup", "0", "--json", json};
     for (size_t i = 0; i < sizeof more / sizeof *more; i++) args_add(&a, more[i]);
     run_ok(&a, &w, "bench under mpirun");
-    char *out = slurp(w.log, NULL);
+    char *out = test_read_file_kept(w.log, NULL);
     cr_assert_eq(count_str(out, "gpt2 bench:"), 1, "more than one report: %s", out);
     cr_assert_eq(count_str(out, "aggregate over 2 ranks"), 1, "%s", out);
     json_error_t e;
@@ -590,7 +551,7 @@ Test(mpi, build_without_mpi_refuses_several_ranks) {
     args a;
     args_generate(&a, 2, &w, w.out);
     int rc = run(&a, &w, NULL);
-    char *err = slurp(w.err, NULL);
+    char *err = test_read_file_kept(w.err, NULL);
     cr_assert_neq(rc, 0, "%s", err);
     cr_assert_eq(count_str(err, "built without MPI"), 1, "%s", err);
     cr_assert_eq(count_lines(w.out), 0, "a rank wrote records");
@@ -620,6 +581,6 @@ Test(progress, plain_lines_when_stderr_is_a_file) {
     args_add(&a, "--progress-interval");
     args_add(&a, "-1");
     cr_assert_eq(run(&a, &w, NULL), 2, "a negative interval was accepted");
-    cr_assert(strstr(slurp(w.err, NULL), "--progress-interval"));
+    cr_assert(strstr(test_read_file_kept(w.err, NULL), "--progress-interval"));
     workdir_remove(&w);
 }

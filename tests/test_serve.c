@@ -161,17 +161,15 @@ Test(serve, same_as_generate) {
     start_server("");
     char in[128], cmd[1024];
     snprintf(in, sizeof in, "%s/in.jsonl", g_dir);
-    FILE *f = fopen(in, "w");
-    cr_assert(f);
-    fputs("{\"id\": 1, \"prompt\": \"The meaning of life is\", \"max_tokens\": 20, \"temperature\": 0}\n"
-          "{\"id\": 2, \"prompt\": \"Sampling with a seed\", \"max_tokens\": 25, \"temperature\": 0.8, \"top_k\": 40, "
-          "\"seed\": 7}\n"
-          "{\"id\": 3, \"prompt\": \"Nucleus\", \"max_tokens\": 30, \"temperature\": 1.2, \"top_p\": 0.9, \"seed\": 3}\n"
-          "{\"id\": 4, \"prompt\": \"Penalties\", \"max_tokens\": 30, \"temperature\": 0.7, \"frequency_penalty\": 1.0, "
-          "\"presence_penalty\": 0.5, \"seed\": 11}\n"
-          "{\"id\": 5, \"prompt\": \"Unicode: caf\\u00e9 \\u65e5\\u672c\", \"max_tokens\": 40, \"seed\": 99}\n",
-          f);
-    cr_assert_eq(fclose(f), 0);
+    static const char reqs[] =
+        "{\"id\": 1, \"prompt\": \"The meaning of life is\", \"max_tokens\": 20, \"temperature\": 0}\n"
+        "{\"id\": 2, \"prompt\": \"Sampling with a seed\", \"max_tokens\": 25, \"temperature\": 0.8, \"top_k\": 40, "
+        "\"seed\": 7}\n"
+        "{\"id\": 3, \"prompt\": \"Nucleus\", \"max_tokens\": 30, \"temperature\": 1.2, \"top_p\": 0.9, \"seed\": 3}\n"
+        "{\"id\": 4, \"prompt\": \"Penalties\", \"max_tokens\": 30, \"temperature\": 0.7, \"frequency_penalty\": 1.0, "
+        "\"presence_penalty\": 0.5, \"seed\": 11}\n"
+        "{\"id\": 5, \"prompt\": \"Unicode: caf\\u00e9 \\u65e5\\u672c\", \"max_tokens\": 40, \"seed\": 99}\n";
+    test_write_file(in, reqs, strlen(reqs));
     snprintf(cmd, sizeof cmd, "%s generate --device cpu --model " MODEL " --input %s 2>/dev/null", cli_bin(), in);
     char *gen;
     cr_assert_eq(run_capture(cmd, &gen), 0, "gpt2 generate failed: %s", gen);
@@ -284,34 +282,26 @@ Test(serve, chunked_body_over_limit) {
     json_decref(run_case_json("chunked_body", "100000"));
 }
 
-/* SIGTERM: the running stream finishes, no new connection is taken, exit 0. */
-Test(serve, sigterm_drains) {
+/* A signal while a stream runs (client case `drain`, args "PID HOW": HOW says what the stream should
+ * see and which signal), then the server's exit status 0. */
+static void check_drain(const char *server_args, const char *how, const char *after) {
     need_openai();
-    start_server("--step-delay-ms 20");
+    start_server(server_args);
     char pid[32];
-    snprintf(pid, sizeof pid, "%d full", (int)g_pid);
+    snprintf(pid, sizeof pid, "%d %s", (int)g_pid, how);
     json_decref(run_case_json("drain", pid));
-    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after draining");
+    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 %s", after);
 }
 
+/* SIGTERM: the running stream finishes, no new connection is taken, exit 0. */
+Test(serve, sigterm_drains) { check_drain("--step-delay-ms 20", "full", "after draining"); }
+
 /* SIGINT (Ctrl-C) drains the same way. */
-Test(serve, sigint_drains) {
-    need_openai();
-    start_server("--step-delay-ms 20");
-    char pid[32];
-    snprintf(pid, sizeof pid, "%d full INT", (int)g_pid);
-    json_decref(run_case_json("drain", pid));
-    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after draining on SIGINT");
-}
+Test(serve, sigint_drains) { check_drain("--step-delay-ms 20", "full INT", "after draining on SIGINT"); }
 
 /* SIGTERM with a short deadline: the stream is cut with an error event, still exit 0. */
 Test(serve, sigterm_deadline_cancels) {
-    need_openai();
-    start_server("--step-delay-ms 50 --drain-timeout 0.3");
-    char pid[32];
-    snprintf(pid, sizeof pid, "%d cut", (int)g_pid);
-    json_decref(run_case_json("drain", pid));
-    cr_assert_eq(wait_exit(20), 0, "the server did not exit 0 after the drain deadline");
+    check_drain("--step-delay-ms 50 --drain-timeout 0.3", "cut", "after the drain deadline");
 }
 
 Test(serve, bad_options) {
@@ -409,6 +399,49 @@ Test(serve, parser_refusals_name_the_field) {
     serve_error e = parse_err("{\"model\": \"m\",\n \"prompt\": ");
     cr_assert(strstr(e.msg, "line 2"), "%s", e.msg);
     cr_assert_str_eq(e.param, "");
+}
+
+/* The sampling fields go through one reader (gpt2_sampling_field) in both parsers: a server body and a
+ * JSONL line with the same value are accepted by both or refused by both, and a refusal names the field
+ * and the value given. */
+Test(serve, parser_sampling_fields_same_as_jsonl) {
+    static const struct {
+        const char *field, *value;
+        int ok;
+        const char *shown; /* what a refusal must quote besides the field (NULL: the field alone) */
+    } cases[] = {
+        {"temperature", "0.7", 1, NULL},          {"temperature", "-1", 0, "-1"},
+        {"temperature", "1e31", 0, "1e+31"},      {"temperature", "\"hot\"", 0, NULL},
+        {"top_p", "1", 1, NULL},                  {"top_p", "1.5", 0, "1.5"},
+        {"top_k", "40", 1, NULL},                 {"top_k", "-1", 0, "-1"},
+        {"top_k", "1073741825", 0, "1073741825"}, {"top_k", "4294967296", 0, "4294967296"},
+        {"top_k", "1.5", 0, NULL},                {"repetition_penalty", "0", 0, "0"},
+        {"frequency_penalty", "2.5", 0, "2.5"},   {"presence_penalty", "-2", 1, NULL},
+        {"presence_penalty", "true", 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[256], line[256];
+        snprintf(body, sizeof body, "{\"model\": \"m\", \"prompt\": \"x\", \"%s\": %s}", cases[i].field,
+                 cases[i].value);
+        snprintf(line, sizeof line, "{\"prompt\": \"x\", \"%s\": %s}", cases[i].field, cases[i].value);
+        serve_request r;
+        serve_error e;
+        int served = serve_request_parse(body, strlen(body), 5, &r, &e) == 0;
+        if (served) serve_request_free(&r);
+        gpt2_request_spec def = {.sampling = gpt2_sampling_default()}, spec;
+        gpt2_error err = {0};
+        int jsonl = gpt2_request_parse(line, strlen(line), &def, &spec, &err) == GPT2_OK;
+        gpt2_request_spec_free(&spec);
+        cr_assert_eq(served, cases[i].ok, "%s: the server %s it: %s", body, served ? "takes" : "refuses", e.msg);
+        cr_assert_eq(jsonl, cases[i].ok, "%s: JSONL %s it: %s", line, jsonl ? "takes" : "refuses", err.msg);
+        if (cases[i].ok) continue;
+        cr_assert_str_eq(e.param, cases[i].field, "%s: %s", body, e.msg);
+        cr_assert(strstr(e.msg, cases[i].field) && strstr(err.msg, cases[i].field), "%s: %s / %s", line, e.msg,
+                  err.msg);
+        if (cases[i].shown)
+            cr_assert(strstr(e.msg, cases[i].shown) && strstr(err.msg, cases[i].shown), "%s: no %s in %s / %s", line,
+                      cases[i].shown, e.msg, err.msg);
+    }
 }
 
 Test(serve, text_helpers) {
