@@ -48,8 +48,9 @@ gpt2_status gpt2_json_number(json_t *v, const char *key, char q, double *out, gp
 /* One sampling field of a JSON request into s: "temperature", "top_p", "repetition_penalty",
  * "frequency_penalty", "presence_penalty" (numbers of magnitude <= 1e30; their ranges are
  * gpt2_sampling_check's, which the caller runs once every field is read) or "top_k" (an integer in
- * 0..GPT2_MAX_TOP_K). "seed" is not here (the server takes any int64, the JSONL lines 0..2^63-1). Returns 1 when key is one of them and
- * v was stored, 0 when key is none of them (nothing done), -1 on a bad value (err set, as above). */
+ * 0..GPT2_MAX_TOP_K). "seed" is not here (the server takes any int64, the JSONL lines 0..2^63-1).
+ * Returns 1 when key is one of them and v was stored, 0 when key is none of them (nothing done), -1 on
+ * a bad value (err set, as above). */
 int gpt2_sampling_field(const char *key, json_t *v, char q, gpt2_sampling *s, gpt2_error *err);
 
 /* Adds a stop string (copied); error when there are already GPT2_MAX_STOPS or it is empty or too long. */

@@ -4,7 +4,8 @@
  * generated tokens, frequency and presence penalties over generated tokens, the n-gram ban
  * (no_repeat_ngram_size: -inf), then temperature, top-k, top-p, and a draw. (transformers runs
  * NoRepeatNGramLogitsProcessor right after the repetition penalty; a banned logit is -inf whatever
- * a penalty does to it, so the ban after the OpenAI-style penalties gives the same row.) Temperature 0 is greedy (argmax after penalties; ties go to the lowest id).
+ * a penalty does to it, so the ban after the OpenAI-style penalties gives the same row.)
+ * Temperature 0 is greedy (argmax after penalties; ties go to the lowest id).
  * The draw uses one uniform number per step derived from (seed, step) alone, so a request's output
  * does not depend on what else is in the batch.
  */
