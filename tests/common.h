@@ -83,4 +83,9 @@ void test_write_file(const char *path, const char *data, size_t n);
 /* Runs a shell command, capturing stdout into *out (malloc'ed); returns the exit status. */
 int run_capture(const char *cmd, char **out);
 
+/* `gpt2 generate --model model --device cpu --input F` on the JSONL lines, written to a temporary
+ * file F (removed after): its stdout (with stderr too when with_stderr) into *out, freed by
+ * test_cleanup; returns the exit status. */
+int test_run_generate(const char *model, const char *lines, int with_stderr, char **out);
+
 #endif

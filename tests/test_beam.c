@@ -269,17 +269,8 @@ Test(beam, generate_jsonl_records_the_hypotheses) {
                         "\"n\": 2, \"length_penalty\": 0.5, \"early_stopping\": \"never\", "
                         "\"no_repeat_ngram_size\": 2}\n"
                         "{\"id\": 2, \"prompt\": \"Hi\", \"num_beams\": 2, \"early_stopping\": 1}\n";
-    char in[] = "/tmp/gpt2-beam-XXXXXX";
-    int fd = mkstemp(in);
-    cr_assert(fd >= 0);
-    cr_assert_eq(write(fd, lines, strlen(lines)), (ssize_t)strlen(lines));
-    close(fd);
-    char cmd[512], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s generate --model %s/tiny --device cpu --input %s 2>/dev/null", cli_bin(), FIXTURES,
-             in);
-    int rc = run_capture(cmd, &out);
-    unlink(in);
-    test_keep(out, free);
+    char *out = NULL;
+    int rc = test_run_generate(FIXTURES "/tiny", lines, 0, &out);
     cr_assert_eq(rc, 1);
     char *nl = strchr(out, '\n');
     cr_assert(nl);
@@ -499,16 +490,8 @@ Test(ngram, generate_jsonl_bans_without_beams) {
              "{\"id\": 1, \"prompt\": \"%s\", \"max_tokens\": 24, \"temperature\": 0, \"no_repeat_ngram_size\": 2}\n"
              "{\"id\": 2, \"prompt\": \"%s\", \"max_tokens\": 24, \"temperature\": 0}\n",
              prompt, prompt);
-    char in[] = "/tmp/gpt2-ngram-XXXXXX";
-    int fd = mkstemp(in);
-    cr_assert(fd >= 0);
-    cr_assert_eq(write(fd, lines, strlen(lines)), (ssize_t)strlen(lines));
-    close(fd);
-    char cmd[512], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s generate --model %s/tiny --device cpu --input %s 2>&1", cli_bin(), FIXTURES, in);
-    int rc = run_capture(cmd, &out);
-    unlink(in);
-    test_keep(out, free);
+    char *out = NULL;
+    int rc = test_run_generate(FIXTURES "/tiny", lines, 1, &out);
     cr_assert_eq(rc, 0, "%s", out);
     char *nl = strchr(out, '\n');
     cr_assert(nl);

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *const fixture_models[] = {"tiny", "tiny-bf16", "small", "small-untied-sharded"};
 const int n_fixture_models = 4;
@@ -297,4 +298,19 @@ Test(common, fixtures_are_present_and_from_transformers) {
         cr_assert_gt(json_array_size(json_object_get(g, "cases")), 0);
         json_decref(g);
     }
+}
+
+int test_run_generate(const char *model, const char *lines, int with_stderr, char **out) {
+    char in[] = "/tmp/gpt2-generate-XXXXXX";
+    int fd = mkstemp(in);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, lines, strlen(lines)), (ssize_t)strlen(lines));
+    close(fd);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s generate --model %s --device cpu --input %s %s", cli_bin(), model, in,
+             with_stderr ? "2>&1" : "2>/dev/null");
+    int rc = run_capture(cmd, out);
+    unlink(in);
+    test_keep(*out, free);
+    return rc;
 }

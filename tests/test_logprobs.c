@@ -23,16 +23,8 @@ static double ref_logprob(const float *row, int V, int k) {
 
 /* Writes lines to a temporary JSONL file, runs generate on it, returns the records (one per line). */
 static json_t *run_generate(const char *model, const char *lines, int *rc) {
-    char in[] = "/tmp/gpt2-logprobs-XXXXXX";
-    int fd = mkstemp(in);
-    cr_assert(fd >= 0);
-    cr_assert_eq(write(fd, lines, strlen(lines)), (ssize_t)strlen(lines));
-    close(fd);
-    char cmd[1024], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s generate --model %s --device cpu --input %s 2>/dev/null", cli_bin(), model, in);
-    *rc = run_capture(cmd, &out);
-    unlink(in);
-    test_keep(out, free);
+    char *out = NULL;
+    *rc = test_run_generate(model, lines, 0, &out);
     json_t *recs = test_keep(json_array(), json_decref);
     for (char *line = out; line && *line;) {
         char *nl = strchr(line, '\n');
